@@ -1,0 +1,138 @@
+"""One run's settings: a frozen dataclass holding every default, and the run id derived from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .paper import TABLE_1
+
+NETWORKS = ("F1", "C1", "C2")
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # Keras' defaults (README, protocol table)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run. Fields marked (id) change the result and enter the run id."""
+
+    network: str  # (id) "F1" | "C1" | "C2" (Table 1)
+    alpha: float  # (id) noise-enhancement factor of Eq. (6); 1 is plain minibatch training
+    batch_size: int  # (id) B, the size of each of the two minibatches B and B'
+    seed: int = 0  # (id) weights' initialisation and both minibatch streams
+    optimizer: str = "adam"  # (id) "adam" (Sec. 3) or "sgd"
+    lr: float | None = None  # (id) initial learning rate; None -> Keras' default for the optimizer
+    adam_eps: float = 1e-7  # (id) Keras' Adam epsilon (PyTorch's default is 1e-8)
+    check_every: int = 50  # (id) steps between checks of the training loss L(w) of Eq. (1)
+    max_steps: int = 100_000  # (id) a run not below L** by then ends as not_converged
+    subset: int | None = None  # (id) train on the first N training samples only (quick runs, tests)
+    l_star: float | None = None  # (id) loss that halves the learning rate; None -> Table 1
+    l_star_star: float | None = None  # (id) loss that ends training; None -> Table 1
+    ghost_batch_size: int = 100  # (id) samples per ghost batch in C1/C2's batch norm (Sec. 3)
+    bn_eps: float = 1e-3  # (id) batch norm epsilon (Keras' default)
+    bn_momentum: float = 0.01  # (id) PyTorch convention; Keras' moving-average momentum 0.99
+    check_gate: float = 4.0  # (id) full checks every check_every steps once the mean minibatch loss < gate x target; 0 = always
+    check_budget: float = 0.02  # (id) before that, full checks only within this share of the training compute
+    check_chunk: int = 10_000  # samples per forward pass in loss checks; memory only, not the result
+    check_early_exit: bool = True  # stop a check once its partial sum proves L >= target (same decisions)
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; not part of the run id
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def dataset(self) -> str:
+        return TABLE_1[self.network]["dataset"]
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else float(self.lr)
+
+    @property
+    def target_losses(self) -> tuple[float, float]:
+        """(L*, L**): this run's thresholds, Table 1 unless overridden."""
+        row = TABLE_1[self.network]
+        l1 = row["l_star"] if self.l_star is None else self.l_star
+        l2 = row["l_star_star"] if self.l_star_star is None else self.l_star_star
+        return float(l1), float(l2)
+
+    @property
+    def uses_ghost_batch_norm(self) -> bool:
+        return self.network in ("C1", "C2")
+
+    @property
+    def samples_per_step(self) -> int:
+        """Training samples read per step: B, or 2B when the second minibatch B' is used."""
+        return self.batch_size * (1 if self.alpha == 1 else 2)
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def result_fields(self) -> dict:
+        """The settings that change the result, with defaults resolved (what the run id hashes)."""
+        l_star, l_star_star = self.target_losses
+        return {
+            "network": self.network,
+            "alpha": float(self.alpha),
+            "batch_size": int(self.batch_size),
+            "seed": int(self.seed),
+            "optimizer": self.optimizer,
+            "lr": self.learning_rate,
+            "adam_eps": float(self.adam_eps) if self.optimizer == "adam" else None,
+            "check_every": int(self.check_every),
+            "check_gate": float(self.check_gate),
+            "check_budget": float(self.check_budget),
+            "max_steps": int(self.max_steps),
+            "subset": self.subset,
+            "l_star": l_star,
+            "l_star_star": l_star_star,
+            "ghost_batch_size": int(self.ghost_batch_size) if self.uses_ghost_batch_norm else None,
+            "bn_eps": float(self.bn_eps) if self.uses_ghost_batch_norm else None,
+            "bn_momentum": float(self.bn_momentum) if self.uses_ghost_batch_norm else None,
+        }
+
+    @property
+    def run_id(self) -> str:
+        """Readable prefix plus a hash of `result_fields`: stable across processes, machines and devices."""
+        canonical = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
+        return f"{self.network}-a{self.alpha:g}-b{self.batch_size}-s{self.seed}-{digest}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject settings that cannot run, with a message that names the fix (exit 2 at the CLI)."""
+    if cfg.network not in NETWORKS:
+        raise ConfigError(f"unknown network {cfg.network!r}: choose one of {', '.join(NETWORKS)}")
+    if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not math.isfinite(cfg.alpha):
+        raise ConfigError(f"alpha must be a finite number, got {cfg.alpha!r}: pass e.g. --alpha 1.5")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {cfg.batch_size!r}")
+    if cfg.uses_ghost_batch_norm and cfg.batch_size % cfg.ghost_batch_size:
+        raise ConfigError(
+            f"batch size {cfg.batch_size} cannot be split into ghost batches of {cfg.ghost_batch_size} "
+            f"for {cfg.network}: use a multiple of {cfg.ghost_batch_size}"
+        )
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if not (cfg.learning_rate > 0 and math.isfinite(cfg.learning_rate)):
+        raise ConfigError(f"learning rate must be a positive finite number, got {cfg.lr!r}")
+    for name in ("check_every", "max_steps", "ghost_batch_size", "check_chunk"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if cfg.subset is not None and (not isinstance(cfg.subset, int) or cfg.subset < 1):
+        raise ConfigError(f"subset must be a positive number of samples, got {cfg.subset!r}")
+    if cfg.subset is not None and cfg.batch_size > cfg.subset:
+        raise ConfigError(f"batch size {cfg.batch_size} exceeds the training subset of {cfg.subset}: lower one")
+    if not (math.isfinite(cfg.check_gate) and cfg.check_gate >= 0 and 0 <= cfg.check_budget <= 1):
+        raise ConfigError(f"need check gate >= 0 and 0 <= check budget <= 1, got {cfg.check_gate}, {cfg.check_budget}")
+    l_star, l_star_star = cfg.target_losses
+    if not (0 < l_star_star <= l_star):
+        raise ConfigError(f"need 0 < L** <= L*, got L*={l_star}, L**={l_star_star}")

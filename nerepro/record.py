@@ -1,0 +1,111 @@
+"""One run, one record: a JSON file written atomically, carrying its provenance."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import ConfigError, ResultsError
+
+STATUSES = ("converged", "not_converged", "diverged", "error")
+REQUIRED = ("run_id", "network", "alpha", "batch_size", "seed", "status")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: a non-finite number is recorded as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def write_json_atomic(path: Path, obj: dict) -> Path:
+    """Write to a temporary file in the same directory, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: Path) -> dict:
+    """A record, or ResultsError naming the file if it is not a complete record."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path} is not a valid record ({type(e).__name__}): delete it or move it aside") from None
+    missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise ResultsError(f"{path} lacks {', '.join(missing)}: delete it or move it aside")
+    if record["status"] not in STATUSES:
+        raise ResultsError(f"{path} has unknown status {record['status']!r}: delete it or move it aside")
+    return record
+
+
+def check_writable(directory: Path) -> Path:
+    """Fail before training, not after, if records cannot be written to `directory`."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write to output directory {directory} ({e.strerror or e}): "
+                          "choose another with --out") from None
+    return directory
+
+
+@lru_cache(maxsize=None)
+def _git_state() -> tuple[str | None, bool | None]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def provenance(device: torch.device) -> dict:
+    """Where and with what a record was made: code version, libraries, device."""
+    import torchvision
+
+    commit, dirty = _git_state()
+    return {
+        "nerepro": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+    }

@@ -1,0 +1,94 @@
+"""The L*/L** schedule of Sec. 3 and the loss checks that drive it."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Action(str, Enum):
+    CONTINUE = "continue"
+    HALVE = "halve"  # first check with L < L*: halve the learning rate, once
+    STOP = "stop"  # first check with L < L**: converged; convergence time = this step
+    DIVERGE = "diverge"  # a non-finite loss
+
+
+def next_action(loss: float, halved: bool, l_star: float, l_star_star: float) -> Action:
+    """Sec. 3: 'we halve the learning rate when the training loss reaches L*. Training finishes when the
+    training loss becomes smaller than L**' (Table 1 gives L*, L**)."""
+    if not math.isfinite(loss):
+        return Action.DIVERGE
+    if loss < l_star_star:
+        return Action.STOP
+    if not halved and loss < l_star:
+        return Action.HALVE
+    return Action.CONTINUE
+
+
+def full_check_due(minibatch_loss: float, target: float, gate: float, spent: int, allowance: float) -> bool:
+    """Whether this check evaluates L(w) over the training set (README, 'Loss checks').
+
+    Dense once the cheap running estimate (the mean minibatch loss since the last check) is within
+    `gate` times the next target, or always with gate 0; before that, only while the samples forwarded
+    by full checks stay within `allowance` (a fixed share of the training forward-equivalents).
+    """
+    if gate == 0 or not math.isfinite(minibatch_loss):
+        return True
+    return minibatch_loss < gate * target or spent < allowance
+
+
+class LossCheck(NamedTuple):
+    value: float  # L(w), or a lower bound of it when not exact
+    exact: bool
+    evaluated: int  # samples forwarded (the check's cost)
+
+
+@torch.inference_mode()
+def dataset_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int,
+                 stop_at: float | None = None) -> LossCheck:
+    """L(w) of Eq. (1): mean cross-entropy over (x, y), model in inference mode, `chunk` samples a pass.
+
+    With `stop_at`, the pass ends as soon as its partial sum alone proves L >= stop_at (per-sample losses
+    are non-negative) and returns that lower bound with exact=False: next_action decides exactly as it
+    would on the full value, at a fraction of the cost while the loss is far above the target.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        n = len(x)
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            total += F.cross_entropy(model(x[start:end]).float(), y[start:end], reduction="sum").double()
+            if stop_at is not None and end < n:
+                partial = total.item() / n
+                if not math.isfinite(partial):
+                    return LossCheck(partial, True, end)
+                if partial >= stop_at:
+                    return LossCheck(partial, False, end)
+        return LossCheck(total.item() / n, True, n)
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) over (x, y) in inference mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss = torch.zeros((), dtype=torch.float64, device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        for start in range(0, len(x), chunk):
+            logits = model(x[start:start + chunk]).float()
+            target = y[start:start + chunk]
+            loss += F.cross_entropy(logits, target, reduction="sum").double()
+            correct += (logits.argmax(1) == target).sum()
+        return loss.item() / len(x), 100.0 * correct.item() / len(x)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,86 @@
+"""Shared fixtures: the real Fashion-MNIST when present, synthetic data, generated CIFAR files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nerepro.data import Data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fashion_mnist_root() -> Path | None:
+    """A data directory holding the real Fashion-MNIST ($NEREPRO_DATA, else ../shared/data), or None."""
+    for candidate in (os.environ.get("NEREPRO_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "FashionMNIST" / "raw").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def fmnist_root() -> Path:
+    root = fashion_mnist_root()
+    if root is None:
+        pytest.skip("real Fashion-MNIST not available (set NEREPRO_DATA)")
+    return root
+
+
+def synthetic_data(n_train: int = 200, n_test: int = 100, classes: int = 10, shape=(1, 28, 28), seed: int = 0,
+                   noise: float = 0.3) -> Data:
+    """Images in [0, 1] whose class sets a mean pattern: learnable to L** in a few hundred steps."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand((classes, *shape), generator=g)
+
+    def split(n):
+        y = torch.arange(n) % classes
+        x = (prototypes[y] + noise * torch.randn((n, *shape), generator=g)).clamp(0, 1)
+        return x, y
+
+    (xtr, ytr), (xte, yte) = split(n_train), split(n_test)
+    return Data("synthetic", xtr, ytr, xte, yte, classes)
+
+
+def write_cifar(root: Path, name: str, n_train: int = 60, n_test: int = 30, seed: int = 0) -> Path:
+    """Tiny CIFAR-10/100 files in torchvision's pickle layout (5 train batches + test batch + meta)."""
+    rng = np.random.default_rng(seed)
+    classes = 10 if name == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    key = "labels" if name == "cifar10" else "fine_labels"
+
+    def dump(fname, n):
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(rng.integers(0, classes, n))}
+        with open(folder / fname, "wb") as f:
+            pickle.dump(batch, f)
+
+    if name == "cifar10":
+        for i in range(1, 6):
+            dump(f"data_batch_{i}", n_train // 5)
+        dump("test_batch", n_test)
+        meta = ("batches.meta", {"label_names": [f"c{i}" for i in range(classes)]})
+    else:
+        dump("train", n_train)
+        dump("test", n_test)
+        meta = ("meta", {"fine_label_names": [f"c{i}" for i in range(classes)]})
+    with open(folder / meta[0], "wb") as f:
+        pickle.dump(meta[1], f)
+    return root
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch):
+    """A data directory with generated CIFAR-10 and CIFAR-100; torchvision's md5 checks patched (tests only)."""
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    root = tmp_path / "data"
+    write_cifar(root, "cifar10")
+    write_cifar(root, "cifar100", n_train=200, n_test=50)
+    return root
