@@ -82,6 +82,7 @@ def train(
     Example: nerepro train --network F1 --alpha 1.5 --batch-size 2000 --seed 0
     """
     from .config import RunConfig
+    from .display import RunProgress, summary_line
     from .record import check_writable, write_json_atomic
     from .train import train as run_training
 
@@ -91,44 +92,10 @@ def train(
                     bn_momentum=bn_momentum, check_gate=check_gate, check_budget=check_budget,
                     check_early_exit=not full_checks, device=device)
     check_writable(out)
-    with _progress_bar(cfg.max_steps, cfg.run_id) as progress:
+    with RunProgress(cfg.max_steps, cfg.run_id) as progress:
         record = run_training(cfg, data_dir=data_dir, progress=progress)
     path = write_json_atomic(out / f"{record['run_id']}.json", record)
     typer.echo(summary_line(record, path))
-
-
-def summary_line(record: dict, path: Path | None = None) -> str:
-    """One line per finished run: id, status, step, losses, accuracy, wall time."""
-    loss = record.get("train_loss")
-    acc = record.get("test_acc")
-    parts = [f"{record['run_id']}: {record['status']} at step {record['steps']}",
-             f"train loss {loss:.4g}" if loss is not None else "train loss n/a",
-             f"test acc {acc:.2f}%" if acc is not None else "test acc n/a",
-             f"{record.get('wall_s', 0):.1f} s"]
-    return ", ".join(parts) + (f" -> {path}" if path else "")
-
-
-class _progress_bar:
-    """A tqdm bar (step, last checked loss) on an interactive terminal; nothing otherwise."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.bar = total, label, None
-
-    def __enter__(self):
-        if not sys.stderr.isatty():
-            return None
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, desc=self.label, unit="step", dynamic_ncols=True, leave=False)
-        return self.update
-
-    def update(self, step: int, loss: float) -> None:
-        self.bar.update(step - self.bar.n)
-        self.bar.set_postfix_str(f"L={loss:.4g}")
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
 
 
 @data_app.command("download")
@@ -142,6 +109,98 @@ def data_download(
 
     root = download(names or list(DATASETS), data_dir)
     typer.echo(f"datasets ready in {root}")
+
+
+@app.command()
+def sweep(
+    configs: Annotated[list[Path], typer.Argument(help="Config files (configs/*.toml); runs shared by several "
+                                                       "files run once.")],
+    results: Annotated[Path, typer.Option(help="Results directory; records go to DIR/runs/.")],
+    seeds: Annotated[Optional[int], typer.Option(help="Override the configs' seed count (seeds 0..N-1).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List the runs still to do and estimate their cost; train "
+                                               "nothing.")] = False,
+    device: Device = "auto",
+    workers_per_device: Annotated[int, typer.Option(help="Worker processes per GPU (or on the CPU).")] = 1,
+    shard: Annotated[Optional[str], typer.Option(help="Only shard i/n of the grid, 0 <= i < n (e.g. a Slurm "
+                                                      "array task: $SLURM_ARRAY_TASK_ID/16).")] = None,
+    executor: Annotated[str, typer.Option(help="local (worker processes on this machine) or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (e.g. auto); default: start a "
+                                                        "local one.")] = None,
+    gpus_per_run: Annotated[float, typer.Option(help="GPU fraction of each Ray task.")] = 1.0,
+    checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints of a running "
+                                                         "run.")] = 300.0,
+    data_dir: DataDir = None,
+):
+    """Run every run of the configs' grids not yet recorded in --results; kill it and rerun it at will.
+
+    Example: nerepro sweep configs/paper.toml --results results/paper
+    """
+    from .display import SweepDisplay
+    from .errors import ConfigError
+    from .grid import estimated_samples, load_grid, parse_shard
+    from .grid import shard as take_shard
+    from .results import ResultsDir
+    from .sweep import pending_runs, run_sweep, summarize
+
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"unknown executor {executor!r}: use local or ray")
+    if workers_per_device < 1:
+        raise ConfigError("--workers-per-device must be at least 1")
+    runs = load_grid(configs, seeds)
+    if shard:
+        runs = take_shard(runs, *parse_shard(shard))
+    store = ResultsDir(results)
+    if dry_run:
+        todo = pending_runs(runs, store) if store.runs.is_dir() else runs
+        for cfg in todo:
+            typer.echo(cfg.run_id)
+        samples = sum(estimated_samples(c) for c in todo)
+        typer.echo(f"{len(todo)} runs to do ({len(runs) - len(todo)} of {len(runs)} already recorded); "
+                   f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B))")
+        return
+    from .record import check_writable
+
+    check_writable(results)
+    for note in store.prepare():
+        typer.echo(note, err=True)
+    todo = sorted(pending_runs(runs, store), key=lambda c: (-estimated_samples(c), c.run_id))  # longest first
+    typer.echo(f"{len(todo)} runs to do ({len(runs) - len(todo)} of {len(runs)} already recorded) -> {store.runs}")
+    display = SweepDisplay(len(todo))
+    options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
+                   on_event=display)
+    if executor == "ray":
+        options.update(address=address, gpus_per_run=gpus_per_run)
+    else:
+        options.update(device=device, workers_per_device=workers_per_device)
+    try:
+        run_sweep(todo, results, executor, **options)
+    finally:
+        display.close()
+    done = store.done()
+    counts = summarize([r for r in _records(store) if r["run_id"] in {c.run_id for c in runs}])
+    missing = [c.run_id for c in runs if c.run_id not in done]
+    typer.echo(f"sweep: {counts.get('converged', 0)} converged, {counts.get('not_converged', 0)} not converged, "
+               f"{counts.get('diverged', 0)} diverged, {counts.get('error', 0)} error; "
+               f"{len(runs) - len(missing)} of {len(runs)} runs recorded in {store.runs}")
+    if counts.get("error", 0) or missing:
+        raise typer.Exit(1)
+
+
+def _records(store) -> list[dict]:
+    from .results import load_records
+
+    return load_records(store.root)[0]
+
+
+@app.command()
+def collect(results: Annotated[Path, typer.Option(help="Results directory of a sweep.")]):
+    """Write DIR/runs.csv: one row per record (its fields without the curve), for pandas and the report."""
+    from .results import collect as collect_records
+
+    path, rows, notes = collect_records(results)
+    for note in notes:
+        typer.echo(note, err=True)
+    typer.echo(f"{rows} runs -> {path}")
 
 
 def main() -> None:

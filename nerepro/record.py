@@ -26,22 +26,55 @@ def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def temp_path(path: Path) -> Path:
+    """A temporary sibling of `path` named after its writer (host, pid), so stale ones can be cleaned."""
+    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.tmp")
+
+
 def write_json_atomic(path: Path, obj: dict) -> Path:
     """Write to a temporary file in the same directory, fsync, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete temporary files left by writers on this host that no longer run (a killed sweep)."""
+    removed = []
+    host = _host()
+    for tmp in Path(directory).glob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 3)  # .<name>.<host>.<pid>.tmp
+        if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
+            continue
+        if not _pid_alive(int(parts[2])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_record(path: Path) -> dict:

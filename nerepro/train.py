@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from . import data as datasets
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .errors import ConfigError
 from .gradient import ne_objective
@@ -17,7 +20,22 @@ from .record import finite_or_none, provenance
 from .sampling import IndependentSampler
 from .schedule import Action, dataset_loss, evaluate, full_check_due, next_action
 
-Progress = Callable[[int, float], None]  # called at every check with (step, checked training loss)
+Progress = Callable[[int, float], None]  # called at every check with (step, checked or estimated loss)
+CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The record'
+
+
+@dataclass
+class RunState:
+    """Everything about a run in progress besides tensors; saved in checkpoints at check boundaries."""
+
+    step: int = 0
+    halved_at: int | None = None
+    status: str = "not_converged"
+    check_s: float = 0.0  # wall time spent in loss checks
+    check_samples: int = 0  # samples forwarded by full-training-set checks (their cost)
+    wall_before: float = 0.0  # wall time of earlier segments of a resumed run
+    resumes: int = 0
+    curve: dict = field(default_factory=lambda: {k: [] for k in CURVE})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,8 +70,13 @@ def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.devic
 
 
 def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | None = None,
-          progress: Progress | None = None) -> dict:
-    """Train one network with noise enhancement (Eq. 6) until L < L** (Sec. 3) and return its record."""
+          progress: Progress | None = None, checkpoint: Path | None = None,
+          checkpoint_every_s: float = 300.0) -> dict:
+    """Train one network with noise enhancement (Eq. 6) until L < L** (Sec. 3) and return its record.
+
+    With `checkpoint`, the run's full state is saved there atomically at a check at most every
+    `checkpoint_every_s` seconds, and a run that finds a checkpoint of itself continues from it.
+    """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     data = prepare_data(cfg, data, device, data_dir)
@@ -61,56 +84,88 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
                         bn_momentum=cfg.bn_momentum).to(device).train()
     optimizer = make_optimizer(cfg, model.parameters())
     sampler = IndependentSampler(data.n_train, cfg.batch_size, device, cfg.seed, second=cfg.alpha != 1)
+    state = RunState()
+    saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        sampler.load_state_dict(saved["sampler"])
+        state = RunState(**saved["state"])
+        state.resumes += 1
     l_star, l_star_star = cfg.target_losses
+    last_save = time.perf_counter()
 
-    step, halved_at, status, check_s, check_samples = 0, None, "not_converged", 0.0, 0
-    curve = {"step": [], "train_loss": [], "exact": [], "minibatch_loss": [], "lr": []}
     minibatch_sum, since_check = torch.zeros((), device=device), 0
-    while step < cfg.max_steps:
+    while state.step < cfg.max_steps:
         idx = sampler.draw()
         objective, loss_b, _ = ne_objective(model, data.x_train[idx], data.y_train[idx], cfg.batch_size, cfg.alpha)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
-        step, since_check = step + 1, since_check + 1
-        if step % cfg.check_every and step < cfg.max_steps:
+        state.step, since_check = state.step + 1, since_check + 1
+        if state.step % cfg.check_every and state.step < cfg.max_steps:
             continue
 
         t_check = time.perf_counter()
         minibatch_loss = minibatch_sum.item() / since_check  # the one host sync per check_every steps
         minibatch_sum.zero_()
         since_check = 0
-        target = l_star_star if halved_at is not None else l_star
-        final = step == cfg.max_steps
-        allowance = cfg.check_budget * 3 * step * cfg.samples_per_step  # a backward costs ~2 forwards
-        loss, exact = None, False  # a gated check: the running estimate says L is far above the target
-        if not math.isfinite(minibatch_loss):  # the weights are gone
-            loss, exact = float("nan"), True
-        elif final or full_check_due(minibatch_loss, target, cfg.check_gate, check_samples, allowance):
-            stop_at = target if cfg.check_early_exit and not final else None
-            loss, exact, evaluated = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk, stop_at)
-            check_samples += evaluated
-        action = Action.CONTINUE if loss is None else next_action(loss, halved_at is not None, l_star, l_star_star)
+        loss, exact = check_training_loss(cfg, state, model, data, minibatch_loss)
+        action = next_action(loss, state.halved_at is not None, l_star, l_star_star) if loss is not None \
+            else Action.CONTINUE
         if action is Action.HALVE:
-            halved_at = step
+            state.halved_at = state.step
             for group in optimizer.param_groups:
                 group["lr"] = cfg.learning_rate / 2
-        lr_now = optimizer.param_groups[0]["lr"]
-        for key, value in zip(curve, (step, finite_or_none(loss), exact, finite_or_none(minibatch_loss), lr_now)):
-            curve[key].append(value)
-        check_s += time.perf_counter() - t_check
+        row = (state.step, finite_or_none(loss), exact, finite_or_none(minibatch_loss), optimizer.param_groups[0]["lr"])
+        for key, value in zip(CURVE, row):
+            state.curve[key].append(value)
+        state.check_s += time.perf_counter() - t_check
         if progress:
-            progress(step, minibatch_loss if loss is None else loss)
+            progress(state.step, minibatch_loss if loss is None else loss)
         if action is Action.STOP:
-            status = "converged"
+            state.status = "converged"
             break
         if action is Action.DIVERGE:
-            status = "diverged"
+            state.status = "diverged"
             break
+        if checkpoint and time.perf_counter() - last_save >= checkpoint_every_s and state.step < cfg.max_steps:
+            state.wall_before += time.perf_counter() - t_start
+            t_start = time.perf_counter()
+            save_checkpoint(checkpoint, cfg.run_id, model, optimizer, sampler, asdict(state))
+            last_save = time.perf_counter()
 
     test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.check_chunk)
-    last_exact = [l for l, e in zip(curve["train_loss"], curve["exact"]) if e]
+    return make_record(cfg, data, state, device, test_loss, test_acc, state.wall_before + time.perf_counter() - t_start)
+
+
+def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module, data: datasets.Data,
+                        minibatch_loss: float) -> tuple[float | None, bool]:
+    """One check: L(w) over the training set, a lower bound of it (early exit), or None (gated).
+
+    README, 'Loss checks': the cheap running estimate gates the full pass; the pass stops early once its
+    partial sum proves L is above the next target; the last step always gets an exact value.
+    """
+    if not math.isfinite(minibatch_loss):  # the weights are gone
+        return float("nan"), True
+    l_star, l_star_star = cfg.target_losses
+    target = l_star_star if state.halved_at is not None else l_star
+    final = state.step == cfg.max_steps
+    allowance = cfg.check_budget * 3 * state.step * cfg.samples_per_step  # a backward costs ~2 forwards
+    if not (final or full_check_due(minibatch_loss, target, cfg.check_gate, state.check_samples, allowance)):
+        return None, False
+    stop_at = target if cfg.check_early_exit and not final else None
+    loss, exact, evaluated = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk, stop_at)
+    state.check_samples += evaluated
+    return loss, exact
+
+
+def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: torch.device, test_loss: float,
+                test_acc: float, wall_s: float) -> dict:
+    """The run's record (README, 'The record'): settings, outcome, costs, provenance and loss curve."""
+    exact_losses = [v for v, e in zip(state.curve["train_loss"], state.curve["exact"]) if e]
+    converged = state.status == "converged"
     return {
         "run_id": cfg.run_id,
         "network": cfg.network,
@@ -123,18 +178,19 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
         "check_every": cfg.check_every,
         "subset": cfg.subset,
         "n_train": data.n_train,
-        "status": status,
-        "convergence_steps": step if status == "converged" else None,
-        "steps": step,
-        "samples_processed": step * cfg.samples_per_step,
-        "lr_halved_step": halved_at,
-        "train_loss": last_exact[-1] if last_exact else None,
-        "test_acc": finite_or_none(test_acc) if status != "diverged" else None,
-        "test_loss": finite_or_none(test_loss),
-        "wall_s": time.perf_counter() - t_start,
-        "check_s": check_s,
-        "check_samples": check_samples,
+        "status": state.status,
+        "convergence_steps": state.step if converged else None,
+        "steps": state.step,
+        "samples_processed": state.step * cfg.samples_per_step,
+        "lr_halved_step": state.halved_at,
+        "train_loss": exact_losses[-1] if exact_losses else None,
+        "test_acc": finite_or_none(test_acc) if state.status != "diverged" else None,
+        "test_loss": finite_or_none(test_loss) if state.status != "diverged" else None,
+        "wall_s": wall_s,
+        "check_s": state.check_s,
+        "check_samples": state.check_samples,
+        "resumes": state.resumes,
         "config": {**cfg.to_dict(), **cfg.result_fields()},
         "provenance": provenance(device),
-        "curve": curve,
+        "curve": state.curve,
     }

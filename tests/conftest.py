@@ -73,6 +73,27 @@ def write_cifar(root: Path, name: str, n_train: int = 60, n_test: int = 30, seed
     return root
 
 
+def write_fashion_mnist(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
+    """Tiny learnable Fashion-MNIST-format IDX files (uncompressed, as torchvision leaves them after download)."""
+    data = synthetic_data(n_train, n_test, seed=seed, noise=0.6)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+
+    def idx(path, array):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+    for prefix, x, y in (("train", data.x_train, data.y_train), ("t10k", data.x_test, data.y_test)):
+        idx(raw / f"{prefix}-images-idx3-ubyte", (x[:, 0] * 255).round().numpy())
+        idx(raw / f"{prefix}-labels-idx1-ubyte", y.numpy())
+    return root
+
+
+@pytest.fixture
+def fake_fmnist_root(tmp_path) -> Path:
+    return write_fashion_mnist(tmp_path / "data")
+
+
 @pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
     """A data directory with generated CIFAR-10 and CIFAR-100; torchvision's md5 checks patched (tests only)."""

@@ -1,0 +1,46 @@
+"""Checkpoints of a run in progress, written atomically, so a killed run continues where it was."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .record import temp_path
+
+FORMAT = 1
+
+
+def save_checkpoint(path: Path, run_id: str, model, optimizer, sampler, state: dict) -> None:
+    """Model, optimizer, sampler (generator states) and run state, replaced atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        torch.save({"format": FORMAT, "run_id": run_id, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "state": state}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | None:
+    """The checkpoint of `run_id` at `path`, or None if there is none or it cannot be used (then: start over)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated or foreign file: the run starts over rather than fails
+        warnings.warn(f"ignoring unreadable checkpoint {path} ({type(e).__name__}); the run starts over")
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("run_id") != run_id:
+        warnings.warn(f"ignoring checkpoint {path}: it belongs to another run or version")
+        return None
+    saved["sampler"] = {"generators": [s.cpu() for s in saved["sampler"]["generators"]]}
+    return saved

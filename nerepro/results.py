@@ -1,0 +1,140 @@
+"""A results directory: records, checkpoints, locks and the sweep log, and `collect` into runs.csv.
+
+Layout (README, 'Results directory'):
+  DIR/runs/<run_id>.json         one record per run, written atomically
+  DIR/checkpoints/<run_id>.pt    state of a run in progress; removed once its record is written
+  DIR/corrupt/                   unreadable records moved aside (their runs are redone)
+  DIR/sweep.log                  one line per event: time, host, pid, event, run id
+  DIR/.locks/<run_id>.lock       held (flock) by the process running that run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ResultsError
+from .record import read_record, remove_stale_temp_files, write_json_atomic
+
+# runs.csv: every scalar field of a record, plus these provenance fields (README, 'runs.csv')
+PROVENANCE_COLUMNS = ("device", "git_commit", "git_dirty", "torch", "nerepro")
+
+
+class ResultsDir:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+        self.checkpoints = self.root / "checkpoints"
+        self.corrupt = self.root / "corrupt"
+        self.locks = self.root / ".locks"
+        self.log_path = self.root / "sweep.log"
+
+    def record_path(self, run_id: str) -> Path:
+        return self.runs / f"{run_id}.json"
+
+    def checkpoint_path(self, run_id: str) -> Path:
+        return self.checkpoints / f"{run_id}.pt"
+
+    def prepare(self) -> list[str]:
+        """Create the layout, clean up after killed writers, move corrupt records aside; returns notes."""
+        for d in (self.runs, self.checkpoints, self.locks):
+            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.runs, self.checkpoints):
+            remove_stale_temp_files(d)
+        return [f"moved corrupt record aside: {note}" for note in self.move_corrupt_aside()]
+
+    def move_corrupt_aside(self) -> list[str]:
+        notes = []
+        for path in sorted(self.runs.glob("*.json")):
+            try:
+                read_record(path)
+            except ResultsError as e:
+                self.corrupt.mkdir(parents=True, exist_ok=True)
+                target = self.corrupt / f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(path, target)
+                notes.append(f"{path.name} -> {target} ({e})")
+        return notes
+
+    def done(self) -> set[str]:
+        """Run ids with a finished record (errors are retried, so they do not count)."""
+        done = set()
+        for path in self.runs.glob("*.json"):
+            try:
+                if read_record(path)["status"] != "error":
+                    done.add(path.stem)
+            except ResultsError:
+                pass
+        return done
+
+    def write(self, record: dict) -> Path:
+        """Write a record atomically, then drop the run's checkpoint (never the other way round)."""
+        path = write_json_atomic(self.record_path(record["run_id"]), record)
+        self.checkpoint_path(record["run_id"]).unlink(missing_ok=True)
+        self.log(f"recorded:{record['status']}", record["run_id"])
+        return path
+
+    def log(self, event: str, run_id: str = "-") -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} {os.getpid()} {event} {run_id}\n"
+        with open(self.log_path, "a") as f:  # one short write in append mode: lines never interleave
+            f.write(line)
+
+    @contextlib.contextmanager
+    def claim(self, run_id: str):
+        """Yield True while this process holds the run's lock, False if another process holds it.
+
+        The lock dies with its process (even on SIGKILL), so a killed sweep never blocks a restart.
+        """
+        self.locks.mkdir(parents=True, exist_ok=True)
+        with open(self.locks / f"{run_id}.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_records(root: Path | str) -> tuple[list[dict], list[str]]:
+    """Every readable record under DIR/runs (or DIR itself); unreadable ones become notes, never a crash."""
+    root = Path(root)
+    folder = root / "runs" if (root / "runs").is_dir() else root
+    records, notes = [], []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            records.append(read_record(path))
+        except ResultsError as e:
+            notes.append(f"skipped {e}")
+    return records, notes
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record: its scalar fields and the provenance columns; no curve."""
+    rows = []
+    for r in records:
+        row = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+        prov = r.get("provenance") or {}
+        row.update({f"provenance_{k}": prov.get(k) for k in PROVENANCE_COLUMNS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def collect(root: Path | str) -> tuple[Path, int, list[str]]:
+    """Write DIR/runs.csv from DIR/runs/*.json; returns (path, rows, notes)."""
+    records, notes = load_records(root)
+    if not records:
+        raise ResultsError(f"no records in {Path(root) / 'runs'}: run `nerepro sweep ... --results {root}` first")
+    frame = records_frame(records).sort_values(["network", "alpha", "batch_size", "seed", "run_id"])
+    path = Path(root) / "runs.csv"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path, len(frame), notes

@@ -1,0 +1,93 @@
+"""Sweep configs: the paper's grids, overrides, dedup, shards and stable run ids."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nerepro.errors import ConfigError
+from nerepro.grid import estimated_steps, load_grid, parse_shard, shard
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+B_GRID = [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 2000, 3000, 5000]
+
+
+def keys(runs):
+    return {(c.network, c.alpha, c.batch_size, c.seed) for c in runs}
+
+
+def test_paper_grids():
+    fig1, fig2, fig3 = (load_grid([CONFIGS / f"fig{i}.toml"]) for i in (1, 2, 3))
+    assert keys(fig1) == {("C1", a, b, s) for a in (1, 1.5, 2, 2.5) for b in B_GRID for s in range(10)}
+    assert keys(fig2) == {(n, a, b, s) for n in ("F1", "C2") for a in (1, 1.5) for b in B_GRID for s in range(10)}
+    triangles = {(n, float(a), 5000, s) for n, top in (("F1", 11), ("C1", 11), ("C2", 7))
+                 for a in range(1, top + 1) for s in range(10)}
+    circles = {(n, 1.0, b, s) for n in ("F1", "C1", "C2") for b in B_GRID for s in range(10)}
+    assert keys(fig3) == triangles | circles
+    paper = load_grid([CONFIGS / "paper.toml"])
+    assert keys(paper) == keys(fig1) | keys(fig2) | keys(fig3)
+    assert len(paper) == len({c.run_id for c in paper}) == 1290  # shared runs appear once
+
+
+def test_overrides_and_seed_option(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('seeds = [3, 4]\n[settings]\nsubset = 500\nmax_steps = 9\n'
+                   '[[grid]]\nnetwork = "F1"\nalpha = [1, 2]\nbatch_size = [100, 200]\ncheck_every = 3\n')
+    runs = load_grid([cfg])
+    assert len(runs) == 8 and {c.seed for c in runs} == {3, 4}
+    assert all(c.subset == 500 and c.max_steps == 9 and c.check_every == 3 for c in runs)
+    assert {c.seed for c in load_grid([cfg], seeds=1)} == {0}
+    assert load_grid([cfg, cfg]) == runs  # the same runs twice are one set
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[[grid]]\nnetwork = "F1"\nalpha = 1\nbatch_size = 100\nbogus = 1\n', "unknown setting(s) bogus"),
+    ('[[grid]]\nnetwork = "F1"\nalpha = 1\n', "missing batch_size"),
+    ('[[grid]]\nnetwork = "C1"\nalpha = 1\nbatch_size = 150\n', "multiple of 100"),
+    ('grids = 1\n', "unknown key(s) grids"),
+    ('[[grid]\n', "not valid TOML"),
+    ('seeds = 0\n[[grid]]\nnetwork = "F1"\nalpha = 1\nbatch_size = 100\n', "seeds must be"),
+])
+def test_bad_configs_name_the_problem(tmp_path, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match="bad.toml") as e:
+        load_grid([cfg])
+    assert message in str(e.value)
+
+
+def test_shards_are_disjoint_and_cover_the_grid():
+    runs = load_grid([CONFIGS / "paper.toml"])
+    parts = [shard(runs, i, 16) for i in range(16)]
+    ids = [c.run_id for p in parts for c in p]
+    assert len(ids) == len(set(ids)) == len(runs)
+    assert min(map(len, parts)) > 0.5 * len(runs) / 16  # roughly balanced
+    assert parse_shard("3/16") == (3, 16)
+    for bad in ("16/16", "a/b", "3", "-1/4"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_run_ids_are_stable_across_processes():
+    """Ids are hashes of settings, not of Python's per-process string hashing."""
+    code = ("from pathlib import Path; from nerepro.grid import load_grid; "
+            f"print(' '.join(c.run_id for c in load_grid([Path(r'{CONFIGS / 'fig2.toml'}')])[:20]))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
+    assert len(outs) == 1
+    assert outs.pop().split() == [c.run_id for c in load_grid([CONFIGS / "fig2.toml"])[:20]]
+
+
+def test_estimated_steps_follow_table_2():
+    c1 = load_grid([CONFIGS / "fig1.toml"])
+    at = {(c.alpha, c.batch_size): estimated_steps(c) for c in c1 if c.seed == 0}
+    assert at[(1.0, 100)] == 24500 and at[(1.0, 400)] == 12250
+
+
+def test_run_id_is_pinned():
+    """Run ids must not drift between versions or machines: records already written would be orphaned."""
+    from nerepro import RunConfig
+
+    assert RunConfig("F1", 1.5, 2000).run_id == "F1-a1.5-b2000-s0-d9cb3e3471"
+    assert RunConfig("C1", 2.0, 300, seed=7).run_id == "C1-a2-b300-s7-88da5ee867"

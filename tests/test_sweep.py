@@ -1,0 +1,171 @@
+"""Sweeps survive kills, record failures as data, and agree across executors."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import synthetic_data
+from nerepro import RunConfig, train
+from nerepro.record import read_record
+from nerepro.results import ResultsDir
+from nerepro.sweep import run_local
+
+VOLATILE = ("wall_s", "check_s", "provenance", "resumes")
+
+
+def strip(record):
+    return {k: v for k, v in record.items() if k not in VOLATILE}
+
+
+def write_config(path, text):
+    path.write_text(text)
+    return path
+
+
+GRID = """seeds = 2
+[settings]
+max_steps = 60
+check_every = 10
+check_chunk = 50
+[[grid]]
+network = "F1"
+alpha = [1.0, 2.0]
+batch_size = [20, 40]
+"""
+
+
+def sweep_cmd(config, results, data_root, *extra):
+    return [sys.executable, "-m", "nerepro", "sweep", str(config), "--results", str(results),
+            "--data-dir", str(data_root), "--checkpoint-every", "1", "--device", "cpu", *extra]
+
+
+def test_checkpointed_run_resumes_to_the_same_record(tmp_path):
+    data = synthetic_data(noise=1.0)
+    cfg = RunConfig(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=90,
+                    device="cpu")
+    uninterrupted = train(cfg, data=data)
+    ckpt = tmp_path / "run.pt"
+
+    class Killed(Exception):
+        pass
+
+    def crash_at_step_60(step, loss):
+        if step == 60:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, data=data, checkpoint=ckpt, checkpoint_every_s=0, progress=crash_at_step_60)
+    assert torch.load(ckpt, weights_only=False)["state"]["step"] == 50  # saved at the check before the crash
+    resumed = train(cfg, data=data, checkpoint=ckpt, checkpoint_every_s=1e9)
+    assert resumed["resumes"] == 1 and uninterrupted["resumes"] == 0
+    assert strip(resumed) == strip(uninterrupted)
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path):
+    data = synthetic_data()
+    a = RunConfig(network="F1", alpha=1.0, batch_size=50, check_every=10, max_steps=20, device="cpu")
+    ckpt = tmp_path / "x.pt"
+    train(a, data=data, checkpoint=ckpt, checkpoint_every_s=0)
+    b = a.replace(seed=1)
+    with pytest.warns(UserWarning, match="another run"):
+        record = train(b, data=data, checkpoint=ckpt, checkpoint_every_s=0)
+    assert record["resumes"] == 0
+
+
+def test_sweep_survives_repeated_sigkill(tmp_path, fake_fmnist_root):
+    config = write_config(tmp_path / "grid.toml", GRID)
+    results = tmp_path / "results"
+    rng = random.Random(0)
+    worker_pids = set()
+    for _ in range(4):  # two worker processes: the driver and its pool are killed at random moments
+        proc = subprocess.Popen(sweep_cmd(config, results, fake_fmnist_root, "--workers-per-device", "2"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3, 8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log = results / "sweep.log"
+        if log.exists():
+            worker_pids |= {int(line.split()[2]) for line in log.read_text().splitlines()}
+    time.sleep(1)
+    for pid in worker_pids:  # workers die with their sweep (PR_SET_PDEATHSIG)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    final = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    assert final.returncode == 0, final.stdout + final.stderr
+    records = [read_record(p) for p in sorted((results / "runs").glob("*.json"))]
+    assert len(records) == 8 and all(r["status"] != "error" for r in records)
+    assert not list(results.rglob("*.tmp")) and not list((results / "checkpoints").iterdir())
+    recorded = Counter(line.split()[4] for line in (results / "sweep.log").read_text().splitlines()
+                       if line.split()[3].startswith("recorded:"))
+    assert max(recorded.values()) == 1  # nothing finished was redone
+    again = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    assert again.returncode == 0 and "0 runs to do (8 of 8 already recorded)" in again.stdout
+
+
+def test_failing_run_is_recorded_as_error_and_retried(tmp_path, fake_fmnist_root):
+    config = write_config(tmp_path / "grid.toml", GRID.replace("[20, 40]", "[20, 500]").replace("seeds = 2",
+                                                                                               "seeds = 1"))
+    results = tmp_path / "results"
+    out = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "2 error" in out.stdout and "2 not converged" in out.stdout or "converged" in out.stdout
+    statuses = Counter(read_record(p)["status"] for p in (results / "runs").glob("*.json"))
+    assert statuses["error"] == 2 and sum(statuses.values()) == 4  # B = 500 > 200 samples; the others ran
+    errors = [read_record(p) for p in (results / "runs").glob("*.json") if read_record(p)["status"] == "error"]
+    assert all("exceeds the 200 training samples" in r["error"] for r in errors)
+    rerun = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    assert rerun.returncode == 1 and "2 runs to do" in rerun.stdout  # errors are retried, finished runs not
+
+
+def test_corrupt_record_is_moved_aside_and_redone(tmp_path, fake_fmnist_root):
+    config = write_config(tmp_path / "grid.toml", GRID.replace("seeds = 2", "seeds = 1").replace("[20, 40]", "20"))
+    results = tmp_path / "results"
+    assert subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True).returncode == 0
+    victim = sorted((results / "runs").glob("*.json"))[0]
+    good = json.loads(victim.read_text())
+    victim.write_text('{"run_id": "half-writ')
+    out = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"moved corrupt record aside: {victim.name}" in out.stderr
+    assert len(list((results / "corrupt").iterdir())) == 1
+    assert strip(read_record(victim)) == strip(good)  # redone, same result
+
+
+def test_dry_run_lists_runs_and_cost(tmp_path, fake_fmnist_root):
+    config = write_config(tmp_path / "grid.toml", GRID)
+    out = subprocess.run(sweep_cmd(config, tmp_path / "r", fake_fmnist_root, "--dry-run"), capture_output=True,
+                         text=True)
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and len(lines) == 9 and lines[-1].startswith("8 runs to do")
+    assert "samples processed" in lines[-1] and not (tmp_path / "r").exists()
+
+
+def test_ray_executor_matches_local(tmp_path, fake_fmnist_root, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    from nerepro.grid import load_grid
+    from nerepro.sweep import run_ray
+
+    runs = load_grid([write_config(tmp_path / "grid.toml", GRID.replace("seeds = 2", "seeds = 1"))])
+    local, remote = ResultsDir(tmp_path / "local"), ResultsDir(tmp_path / "ray")
+    for store in (local, remote):
+        store.prepare()
+    # one thread per run in both executors: CPU float results depend on the thread count
+    run_local(runs, local, device="cpu", workers_per_device=os.cpu_count(), data_dir=str(fake_fmnist_root))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_ray(runs, remote, data_dir=str(fake_fmnist_root))
+    finally:
+        ray.shutdown()
+    for cfg in runs:
+        a, b = read_record(local.record_path(cfg.run_id)), read_record(remote.record_path(cfg.run_id))
+        assert strip(a) == strip(b)
+        assert a["status"] != "error"
