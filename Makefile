@@ -1,10 +1,15 @@
-# nerepro: `make test` on a fresh clone creates .venv, installs everything and runs the tests.
+# nerepro. `make test` on a fresh clone creates .venv, installs everything and runs the tests.
+#   make quick      a small real F1 sweep on Fashion-MNIST, then every table, figure and claim (2 CPU cores: ~10 min)
+#   make reproduce  the whole paper (configs/paper.toml) on this machine's GPUs; run again to resume
+#   make report     rebuild tables, figures and claims of RESULTS (default results/quick) from its records
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+NEREPRO := $(VENV)/bin/nerepro
 STAMP := $(VENV)/.installed
+RESULTS ?= results/quick
 
-.PHONY: install test
+.PHONY: install test quick reproduce report
 
 install: $(STAMP)
 
@@ -15,3 +20,19 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+quick: install
+	$(NEREPRO) data download fashion-mnist
+	$(NEREPRO) sweep configs/quick.toml --results results/quick
+	$(MAKE) report RESULTS=results/quick
+
+reproduce: install
+	$(NEREPRO) data download
+	$(NEREPRO) sweep configs/paper.toml --results results/paper
+	$(MAKE) report RESULTS=results/paper
+
+report: install
+	$(NEREPRO) collect --results $(RESULTS)
+	$(NEREPRO) tables --results $(RESULTS) --out $(RESULTS)
+	$(NEREPRO) plots --results $(RESULTS) --out $(RESULTS)
+	$(NEREPRO) claims --results $(RESULTS) --out $(RESULTS)

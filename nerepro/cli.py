@@ -156,7 +156,7 @@ def sweep(
             typer.echo(cfg.run_id)
         samples = sum(estimated_samples(c) for c in todo)
         typer.echo(f"{len(todo)} runs to do ({len(runs) - len(todo)} of {len(runs)} already recorded); "
-                   f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B))")
+                   f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B) and the subset)")
         return
     from .record import check_writable
 
@@ -201,6 +201,52 @@ def collect(results: Annotated[Path, typer.Option(help="Results directory of a s
     for note in notes:
         typer.echo(note, err=True)
     typer.echo(f"{rows} runs -> {path}")
+
+
+ResultsOpt = Annotated[Path, typer.Option(help="Results directory (records in DIR/runs/, or DIR/runs.csv).")]
+OutOpt = Annotated[Optional[Path], typer.Option(help="Output directory [default: DIR/report].")]
+
+
+def _load_report_inputs(results: Path, out: Optional[Path]):
+    """Results and output directory for the report commands; notes on partial data go to stderr."""
+    from .report import load_results
+
+    loaded = load_results(results)
+    for note in loaded.notes:
+        typer.echo(f"note: {note}", err=True)
+    return loaded, out or results / "report"
+
+
+@app.command()
+def tables(results: ResultsOpt, out: OutOpt = None):
+    """Write Tables 1-3 (Markdown, CSV, LaTeX) beside the paper's numbers, and print them."""
+    from .tables import write_tables
+
+    loaded, out = _load_report_inputs(results, out)
+    typer.echo(write_tables(loaded, out))
+    typer.echo(f"tables -> {out}")
+
+
+@app.command()
+def plots(results: ResultsOpt, out: OutOpt = None):
+    """Write Figures 1-3 (and Fig. 3 against samples processed) as PNG and PDF."""
+    from .figures import write_figures
+
+    loaded, out = _load_report_inputs(results, out)
+    for line in write_figures(loaded, out):
+        typer.echo(line)
+
+
+@app.command()
+def claims(results: ResultsOpt, out: OutOpt = None):
+    """Test each claim of Sec. 3 on the results and write claims.md."""
+    from .claims import write_claims
+
+    loaded, out = _load_report_inputs(results, out)
+    text = write_claims(loaded, out)
+    verdicts = [line.rsplit("**", 2)[-2] for line in text.splitlines() if line.endswith("** |")]
+    typer.echo(f"claims -> {out / 'claims.md'}: " + ", ".join(
+        f"{verdicts.count(v)} {v}" for v in ("supported", "not supported", "not enough data")))
 
 
 def main() -> None:

@@ -98,6 +98,8 @@ def download(names: list[str], data_dir: str | os.PathLike | None = None) -> Pat
         if name not in DATASETS:
             raise DataError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
         display, cls, _ = DATASETS[name]
+        if is_available(name, root):
+            continue
         try:
             root.mkdir(parents=True, exist_ok=True)
             for train in (True, False):
@@ -107,6 +109,15 @@ def download(names: list[str], data_dir: str | os.PathLike | None = None) -> Pat
             raise DataError(f"could not download {display} into {root}: {reason}; "
                             "copy the files there in torchvision's layout instead") from None
     return root
+
+
+def is_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether `load` would succeed (files present and intact), without keeping the tensors."""
+    try:
+        load(name, data_dir)
+    except DataError:
+        return False
+    return True
 
 
 def _images(array: np.ndarray) -> torch.Tensor:

@@ -22,6 +22,7 @@ from .paper import table_2
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 FILE_KEYS = {"include", "seeds", "settings", "grid"}
+TRAIN_SIZE = {"F1": 60_000, "C1": 50_000, "C2": 50_000}  # training samples of each network's dataset
 
 
 def load_grid(paths: list[Path], seeds: int | None = None, overrides: dict | None = None) -> list[RunConfig]:
@@ -117,11 +118,15 @@ def _reference_steps() -> dict[str, tuple[int, float]]:
 def estimated_steps(cfg: RunConfig, reference: dict | None = None) -> int:
     """A rough guess of a run's steps to L**: Table 2's alpha = 1 time scaled by sqrt(B_opt / B).
 
-    The square-root rule matches Table 2's other rows within about 25%; capped at max_steps. It only
-    orders runs (longest first) and sizes a sweep before it starts.
+    The square-root rule matches Table 2's other rows within about 25%. A run on a subset is assumed to
+    need as many epochs, i.e. proportionally fewer steps. Capped at max_steps. The guess only orders runs
+    (longest first) and sizes a sweep before it starts.
     """
     b_ref, steps_ref = (reference or _reference_steps())[cfg.network]
-    return int(min(cfg.max_steps, steps_ref * math.sqrt(b_ref / cfg.batch_size)))
+    steps = steps_ref * math.sqrt(b_ref / cfg.batch_size)
+    if cfg.subset:
+        steps *= min(1.0, cfg.subset / TRAIN_SIZE[cfg.network])
+    return int(min(cfg.max_steps, max(steps, cfg.check_every)))
 
 
 def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:

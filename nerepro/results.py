@@ -22,7 +22,8 @@ import pandas as pd
 from .errors import ResultsError
 from .record import read_record, remove_stale_temp_files, write_json_atomic
 
-# runs.csv: every scalar field of a record, plus these provenance fields (README, 'runs.csv')
+# runs.csv: every scalar field of a record, plus these settings and provenance fields (README, 'runs.csv')
+CONFIG_COLUMNS = ("max_steps", "l_star", "l_star_star")
 PROVENANCE_COLUMNS = ("device", "git_commit", "git_dirty", "torch", "nerepro")
 
 
@@ -121,6 +122,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         row = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+        config = r.get("config") or {}
+        row.update({k: config.get(k) for k in CONFIG_COLUMNS})
         prov = r.get("provenance") or {}
         row.update({f"provenance_{k}": prov.get(k) for k in PROVENANCE_COLUMNS})
         rows.append(row)

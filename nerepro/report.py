@@ -1,0 +1,138 @@
+"""Results read back for the report: one row per run, grouped into conditions, with statistics over seeds.
+
+Statistics are over converged runs only (README, 'Report definitions'): mean, sample standard deviation
+(ddof = 1) and n; runs that did not converge, diverged or raised are counted in their own columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig
+from .errors import ResultsError
+from .results import load_records, records_frame
+
+PAPER_B_GRID = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 2000, 3000, 5000)
+PAPER_SEEDS = 10
+LARGE_B = 5000  # Table 3 / Fig. 3: "with NE" is large-batch training at B = 5000
+IDENTITY = ("network", "alpha", "batch_size", "seed")
+METRICS = ("test_acc", "convergence_steps", "samples_processed", "wall_s")
+
+
+@dataclass
+class Results:
+    """Every readable run of a results directory, and notes on what was skipped or is missing."""
+
+    runs: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def variants(self) -> list[str]:
+        """Protocol variants present, the one with most runs first ('paper protocol' = all defaults)."""
+        return list(self.runs["variant"].value_counts().index)
+
+
+def variant_of(record: dict) -> str:
+    """The settings of a record that differ from the paper's defaults, besides network, alpha, B and seed."""
+    config = record.get("config") or {}
+    try:
+        default = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"])).result_fields()
+    except Exception:  # noqa: BLE001 - an odd record still gets reported, as its own variant
+        return "unknown settings"
+    diffs = [f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
+             for k in default if k not in IDENTITY and k in config and config[k] != default[k]]
+    return ", ".join(diffs) or "paper protocol"
+
+
+def load_results(root: Path | str) -> Results:
+    """Records from DIR/runs/*.json, else DIR/runs.csv; ResultsError only if there is nothing at all."""
+    root = Path(root)
+    records, notes = load_records(root) if (root / "runs").is_dir() or list(root.glob("*.json")) else ([], [])
+    if records:
+        frame = records_frame(records)
+        frame["variant"] = [variant_of(r) for r in records]
+    elif (root / "runs.csv").is_file():
+        frame = pd.read_csv(root / "runs.csv")
+        if "variant" not in frame:
+            frame["variant"] = "as collected"
+    else:
+        raise ResultsError(f"no records in {root / 'runs'} and no {root / 'runs.csv'}: run `nerepro sweep ... "
+                           f"--results {root}` first")
+    missing = [c for c in ("run_id", *IDENTITY, "status") if c not in frame]
+    if missing:
+        raise ResultsError(f"{root}: results lack the columns {', '.join(missing)}: rebuild runs.csv with "
+                           "`nerepro collect`")
+    if frame.empty:
+        raise ResultsError(f"no usable records under {root}: every record was skipped ({len(notes)} notes)")
+    for column in METRICS:
+        if column not in frame:
+            frame[column] = np.nan
+    return Results(frame, notes + coverage_notes(frame))
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, network, alpha, B): counts by status and mean/std/n over converged runs."""
+    keys = ["variant", "network", "alpha", "batch_size"]
+    rows = []
+    for key, group in runs.groupby(keys, sort=True):
+        ok = group[group["status"] == "converged"]
+        row = dict(zip(keys, key))
+        row.update(n_runs=len(group), n=len(ok), n_not_converged=int((group["status"] == "not_converged").sum()),
+                   n_diverged=int((group["status"] == "diverged").sum()), n_error=int((group["status"] == "error").sum()))
+        for metric in METRICS:
+            values = pd.to_numeric(ok[metric], errors="coerce").dropna()
+            row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_batch_size(stats: pd.DataFrame) -> pd.Series | None:
+    """Table 2's B_opt among `stats` rows of one (variant, network, alpha): the highest mean test accuracy
+    over converged runs, ties to the smaller B; None if no B has a converged run."""
+    candidates = stats[stats["n"] > 0]
+    if candidates.empty:
+        return None
+    best = candidates["test_acc_mean"].max()
+    return candidates[candidates["test_acc_mean"] == best].sort_values("batch_size").iloc[0]
+
+
+def grid_batch_sizes(present: list[int]) -> list[int]:
+    """Table 2 chooses B_opt over the paper's B grid; extra B values (baselines) stay out of the choice.
+    Results that hold none of the grid's values (a custom sweep) use all they hold."""
+    on_grid = [b for b in present if b in PAPER_B_GRID]
+    return sorted(on_grid or present)
+
+
+def large_batch_size(stats: pd.DataFrame) -> int | None:
+    """B = 5000 if runs with alpha > 1 exist there, else the largest B that has such runs (noted)."""
+    ne = stats[(stats["alpha"] > 1) & (stats["n"] > 0)]
+    if ne.empty:
+        return None
+    return LARGE_B if (ne["batch_size"] == LARGE_B).any() else int(ne["batch_size"].max())
+
+
+def coverage_notes(runs: pd.DataFrame) -> list[str]:
+    """Holes in each network's alpha x B rectangle, and conditions with fewer seeds than the paper's 10."""
+    notes = []
+    for (variant, network), group in runs.groupby(["variant", "network"]):
+        where = f"{network} ({variant})"
+        alphas, sizes = sorted(group["alpha"].unique()), sorted(group["batch_size"].unique())
+        present = set(zip(group["alpha"], group["batch_size"]))
+        holes = [f"alpha={a:g} B={b}" for a in alphas for b in sizes if (a, b) not in present]
+        if holes:
+            notes.append(f"{where}: no runs at {', '.join(holes)}")
+        seeds = group.groupby(["alpha", "batch_size"])["seed"].nunique()
+        few = seeds[seeds < PAPER_SEEDS]
+        if len(few):
+            notes.append(f"{where}: {len(few)} of {len(seeds)} conditions have fewer than {PAPER_SEEDS} seeds "
+                         f"(min {few.min()})")
+        failed = group[group["status"] != "converged"]
+        if len(failed):
+            counts = failed["status"].value_counts().to_dict()
+            notes.append(f"{where}: {len(failed)} runs did not converge "
+                         f"({', '.join(f'{n} {s}' for s, n in counts.items())}); statistics use converged runs only")
+    return notes
