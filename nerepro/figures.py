@@ -13,7 +13,7 @@ from .report import Results, large_batch_size, summarize
 TIME_AXES = {"convergence_steps": "convergence time (steps)", "samples_processed": "samples processed to L**"}
 
 
-def _batch_size_figure(stats: pd.DataFrame, networks: list[str], title: str) -> Figure | None:
+def _batch_size_figure(stats: pd.DataFrame, networks: list[str], figure: str) -> Figure | None:
     """Test accuracy vs B (left) and convergence steps vs B (right), one line per alpha, error bars = std."""
     networks = [n for n in networks if (stats["network"] == n).any() and (stats[stats["network"] == n]["n"] > 0).any()]
     if not networks:
@@ -36,20 +36,20 @@ def _batch_size_figure(stats: pd.DataFrame, networks: list[str], title: str) -> 
             ax.set_title(network)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(f"{figure}: {' and '.join(networks)}, B dependence for each α")
     return fig
 
 
 def figure_1(results: Results, variant: str) -> Figure | None:
     """Fig. 1: C1, minibatch-size dependence of test accuracy and convergence time for each alpha."""
     stats = summarize(results.runs[results.runs["variant"] == variant])
-    return _batch_size_figure(stats, ["C1"], "Fig. 1: C1, B dependence for each α")
+    return _batch_size_figure(stats, ["C1"], "Fig. 1")
 
 
 def figure_2(results: Results, variant: str) -> Figure | None:
     """Fig. 2: the same for F1 and C2."""
     stats = summarize(results.runs[results.runs["variant"] == variant])
-    return _batch_size_figure(stats, ["F1", "C2"], "Fig. 2: F1 and C2, B dependence for each α")
+    return _batch_size_figure(stats, ["F1", "C2"], "Fig. 2")
 
 
 def figure_3(results: Results, variant: str, time_axis: str = "convergence_steps") -> Figure | None:
@@ -63,7 +63,7 @@ def figure_3(results: Results, variant: str, time_axis: str = "convergence_steps
     networks = [n for n in ("F1", "C1", "C2") if (stats["network"] == n).any()]
     if not networks:
         return None
-    fig = Figure(figsize=(4.2 * len(networks), 3.8), layout="constrained")
+    fig = Figure(figsize=(max(6.5, 4.5 * len(networks)), 4.2), layout="constrained")
     axes = fig.subplots(1, len(networks), squeeze=False)[0]
     mean, std = f"{time_axis}_mean", f"{time_axis}_std"
     for ax, network in zip(axes, networks):
@@ -71,22 +71,22 @@ def figure_3(results: Results, variant: str, time_axis: str = "convergence_steps
         circles = data[data["alpha"] == 1].sort_values("batch_size", ascending=False)
         large = large_batch_size(data)
         triangles = data[data["batch_size"] == large].sort_values("alpha") if large else data.iloc[:0]
-        for points, marker, label, tag in ((circles, "o", "α = 1, B varied", "B={:g}"),
-                                           (triangles, "^", f"B = {large}, α varied", "α={:g}")):
+        for points, marker, label, tag, offset in ((circles, "o", "α = 1, B varied", "B={:g}", (4, 4)),
+                                                   (triangles, "^", f"B = {large}, α varied", "α={:g}", (4, -10))):
             if points.empty:
                 continue
             ax.errorbar(points[mean], points["test_acc_mean"], xerr=points[std].fillna(0),
                         yerr=points["test_acc_std"].fillna(0), marker=marker, ms=6, capsize=2, label=label)
             for _, p in points.iterrows():
                 ax.annotate(tag.format(p["batch_size" if tag[0] == "B" else "alpha"]), (p[mean], p["test_acc_mean"]), textcoords="offset points",
-                            xytext=(3, 3), fontsize=6)
+                            xytext=offset, fontsize=7)
         ax.set_xlabel(TIME_AXES[time_axis])
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(network)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Fig. 3: reducing B (α = 1) vs raising α (large B)"
-                 + (", against samples processed" if time_axis == "samples_processed" else ""))
+    fig.suptitle("Fig. 3: reducing B at α = 1 vs raising α at large B"
+                 + ("\n(x: samples processed, the compute-fair view)" if time_axis == "samples_processed" else ""))
     return fig
 
 

@@ -170,7 +170,8 @@ def latex(head: list[str], rows: list[list[str]], caption: str) -> str:
 TITLES = {
     "table1": "Table 1: network configurations (ours beside the paper's)",
     "table2": "Table 2: test accuracy and convergence time at B_opt for each alpha (mean ± std over converged seeds)",
-    "table3": "Table 3: best test accuracy without NE (best B, alpha = 1) and with NE (B = 5000, best alpha)",
+    "table3": "Table 3: best test accuracy without NE (best B, alpha = 1) and with NE (B = 5000 or the largest B "
+              "run, best alpha)",
 }
 
 
@@ -191,7 +192,9 @@ def write_tables(results: Results, out: Path) -> str:
         for variant, frame, head, rows in sections:
             label = "" if variant is None or len(variants) == 1 else f" ({variant})"
             if variant is not None:
-                md.append(f"Runs: {variant}.")
+                md.append(f"Runs: {variant}." + ("" if variant == "paper protocol" else
+                          " These settings differ from the paper's protocol: its numbers are a reference here, "
+                          "not a target."))
             md.append(markdown(head, rows) if rows else "_no data_")
             tex.append(latex(head, rows, TITLES[name] + label))
             frames.append(frame.assign(variant=variant) if variant is not None else frame)
