@@ -120,7 +120,8 @@ def sweep(
     dry_run: Annotated[bool, typer.Option(help="List the runs still to do and estimate their cost; train "
                                                "nothing.")] = False,
     device: Device = "auto",
-    workers_per_device: Annotated[int, typer.Option(help="Worker processes per GPU (or on the CPU).")] = 1,
+    workers_per_device: Annotated[Optional[int], typer.Option(
+        help="Worker processes per GPU (or on the CPU) [default: 1 per GPU; on the CPU 1 per core].")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Only shard i/n of the grid, 0 <= i < n (e.g. a Slurm "
                                                       "array task: $SLURM_ARRAY_TASK_ID/16).")] = None,
     executor: Annotated[str, typer.Option(help="local (worker processes on this machine) or ray.")] = "local",
@@ -144,7 +145,7 @@ def sweep(
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
-    if workers_per_device < 1:
+    if workers_per_device is not None and workers_per_device < 1:
         raise ConfigError("--workers-per-device must be at least 1")
     runs = load_grid(configs, seeds)
     if shard:
@@ -247,6 +248,34 @@ def claims(results: ResultsOpt, out: OutOpt = None):
     verdicts = [line.rsplit("**", 2)[-2] for line in text.splitlines() if line.endswith("** |")]
     typer.echo(f"claims -> {out / 'claims.md'}: " + ", ".join(
         f"{verdicts.count(v)} {v}" for v in ("supported", "not supported", "not enough data")))
+
+
+@app.command()
+def bench(
+    network: Annotated[str, typer.Option(help="F1, C1 or C2.")] = "F1",
+    batch_size: Annotated[int, typer.Option(help="Minibatch size B.")] = 1000,
+    alpha: Annotated[float, typer.Option(help="Noise-enhancement factor (alpha != 1 reads 2B per step).")] = 1.5,
+    steps: Annotated[int, typer.Option(help="Steps to time, after the warm-up.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Steps run first and not timed (compilation, autotuning).")] = 20,
+    check_every: Annotated[int, typer.Option(help="Steps between loss checks, as in a real run.")] = 50,
+    precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA) or bf16.")] = "fp32",
+    compile: Annotated[str, typer.Option(help="auto (on for CUDA), off, default or reduce-overhead.")] = "auto",
+    device: Device = "auto",
+    data_dir: DataDir = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object instead of the summary line.")] = False,
+):
+    """Time the training loop: steps/s, samples/s, TFLOP/s against a matmul peak measured now, check share, memory.
+
+    Example: nerepro bench --network C1 --batch-size 5000 --alpha 1.5 --precision bf16 --device cuda
+    """
+    import json
+
+    from .bench import bench as run_bench
+    from .bench import summary
+
+    result = run_bench(network, batch_size, alpha, steps, device, precision, check_every, compile, warmup,
+                       str(data_dir) if data_dir else None)
+    typer.echo(json.dumps(result) if json_out else summary(result))
 
 
 def main() -> None:

@@ -9,11 +9,13 @@ import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .fastpath import COMPILE_MODES, PRECISIONS
 from .paper import TABLE_1
 
 NETWORKS = ("F1", "C1", "C2")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # Keras' defaults (README, protocol table)
+LATER_FIELDS = {"precision": "fp32"}  # result-changing fields added later, with the default that leaves ids alone
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class RunConfig:
     bn_momentum: float = 0.01  # (id) PyTorch convention; Keras' moving-average momentum 0.99
     check_gate: float = 4.0  # (id) full checks every check_every steps once the mean minibatch loss < gate x target; 0 = always
     check_budget: float = 0.02  # (id) before that, full checks only within this share of the training compute
+    precision: str = "fp32"  # (id) "fp32" (TF32 convolutions on CUDA) or "bf16" (autocast body, fp32 logits/loss)
+    compile: str = "auto"  # "auto" (torch.compile on CUDA) | "off" | "default" | "reduce-overhead"; not in the id
     check_chunk: int = 10_000  # samples per forward pass in loss checks; memory only, not the result
     check_early_exit: bool = True  # stop a check once its partial sum proves L >= target (same decisions)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; not part of the run id
@@ -73,9 +77,14 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def result_fields(self) -> dict:
-        """The settings that change the result, with defaults resolved (what the run id hashes)."""
+        """The settings that change the result, with defaults resolved (what the run id hashes).
+
+        Settings added after the first release enter only when set away from their default, so records
+        written before they existed keep their ids.
+        """
         l_star, l_star_star = self.target_losses
-        return {
+        later = {k: getattr(self, k) for k, default in LATER_FIELDS.items() if getattr(self, k) != default}
+        return {**later, **{
             "network": self.network,
             "alpha": float(self.alpha),
             "batch_size": int(self.batch_size),
@@ -93,7 +102,7 @@ class RunConfig:
             "ghost_batch_size": int(self.ghost_batch_size) if self.uses_ghost_batch_norm else None,
             "bn_eps": float(self.bn_eps) if self.uses_ghost_batch_norm else None,
             "bn_momentum": float(self.bn_momentum) if self.uses_ghost_batch_norm else None,
-        }
+        }}
 
     @property
     def run_id(self) -> str:
@@ -131,6 +140,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"subset must be a positive number of samples, got {cfg.subset!r}")
     if cfg.subset is not None and cfg.batch_size > cfg.subset:
         raise ConfigError(f"batch size {cfg.batch_size} exceeds the training subset of {cfg.subset}: lower one")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.compile not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {cfg.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
     if not (math.isfinite(cfg.check_gate) and cfg.check_gate >= 0 and 0 <= cfg.check_budget <= 1):
         raise ConfigError(f"need check gate >= 0 and 0 <= check budget <= 1, got {cfg.check_gate}, {cfg.check_budget}")
     l_star, l_star_star = cfg.target_losses

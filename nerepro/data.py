@@ -56,6 +56,10 @@ class Data:
             raise DataError(f"--subset {n} exceeds the {self.n_train} training samples of {self.name}")
         return Data(self.name, self.x_train[:n], self.y_train[:n], self.x_test, self.y_test, self.num_classes)
 
+    def map_inputs(self, fn) -> "Data":
+        """The same data with `fn` applied to both splits' inputs (e.g. a memory-format change)."""
+        return Data(self.name, fn(self.x_train), self.y_train, fn(self.x_test), self.y_test, self.num_classes)
+
     def to(self, device: torch.device | str) -> "Data":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Data(self.name, move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test),

@@ -48,6 +48,12 @@ class GhostBatchNorm(nn.Module):
         return out.reshape(x.shape)
 
 
+def fp32_output(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """The output layer in fp32 even under bf16 autocast, so logits and loss keep full precision."""
+    with torch.autocast(h.device.type, enabled=False):
+        return layer(h.to(layer.weight.dtype))
+
+
 def conv_block(c_in: int, c_out: int, norm: Callable[[int], nn.Module]) -> list[nn.Module]:
     """3x3 convolution, stride 1, 'same' padding -> ghost batch norm -> ReLU.
 
@@ -75,11 +81,11 @@ class VGGLike(nn.Module):
         if hidden:
             head += [nn.Linear(flat, hidden), nn.ReLU(inplace=True)]
             flat = hidden
-        head.append(nn.Linear(flat, num_classes))  # softmax lives in the cross-entropy loss
         self.classifier = nn.Sequential(*head)
+        self.output = nn.Linear(flat, num_classes)  # softmax lives in the cross-entropy loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return fp32_output(self.output, self.classifier(self.features(x)))
 
 
 class MLP(nn.Module):
@@ -91,11 +97,11 @@ class MLP(nn.Module):
         for width in hidden:
             layers += [nn.Linear(n_in, width), nn.ReLU(inplace=True)]
             n_in = width
-        layers.append(nn.Linear(n_in, num_classes))
-        self.net = nn.Sequential(*layers)
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(n_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return fp32_output(self.output, self.hidden(x))
 
 
 def f1(**_) -> nn.Module:

@@ -76,12 +76,16 @@ def pending_runs(runs: list[RunConfig], results: ResultsDir) -> list[RunConfig]:
     return [c for c in runs if c.run_id not in done]
 
 
-def slots(device: str, workers_per_device: int) -> list[str]:
-    """Device of each worker: every visible GPU (or the one named) x workers_per_device, else the CPU."""
-    if device == "auto":
-        names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
-    else:
-        names = [str(resolve_device(device))]
+def slots(device: str, workers_per_device: int | None = None) -> list[str]:
+    """Device of each worker: every visible GPU (or the one named) x workers_per_device, else the CPU.
+
+    Default: one worker per GPU; on the CPU one single-threaded worker per core, which for F1 at B = 100
+    runs 1.47x the runs per second of one worker using both cores (README, 'Performance').
+    """
+    names = ([f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]) if device == "auto" \
+        else [str(resolve_device(device))]
+    if workers_per_device is None:
+        workers_per_device = (os.cpu_count() or 1) if names == ["cpu"] else 1
     return [n for n in names for _ in range(workers_per_device)]
 
 
@@ -123,7 +127,7 @@ def _worker_run(cfg: RunConfig, root: str) -> dict | None:
     return claim_and_run(cfg, ResultsDir(root), _WORKER["cache"], on_event, _WORKER["checkpoint_every_s"])
 
 
-def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", workers_per_device: int = 1,
+def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
               data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
               max_restarts: int = 3) -> list[dict]:
     """Run `runs` (longest first, as given) in one worker process per slot, or in this process if there is
@@ -134,17 +138,23 @@ def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", 
     from concurrent.futures.process import BrokenProcessPool
 
     names = slots(device, workers_per_device)
+    # CPU results depend on the thread count, so it follows the requested layout, not the runs left
+    threads = max(1, (os.cpu_count() or 1) // len(names)) if names[0] == "cpu" else torch.get_num_threads()
+    names = names[:max(1, len(runs))]
     if len(names) == 1:  # one worker: this process is it
-        cache, finished = DataCache(data_dir), []
-        for cfg in runs:
-            record = claim_and_run(dataclasses.replace(cfg, device=names[0]), results, cache, on_event,
-                                   checkpoint_every_s)
-            if record is not None:
-                finished.append(record)
-                if on_event:
-                    on_event("done", record)
+        cache, finished, previous = DataCache(data_dir), [], torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for cfg in runs:
+                record = claim_and_run(dataclasses.replace(cfg, device=names[0]), results, cache, on_event,
+                                       checkpoint_every_s)
+                if record is not None:
+                    finished.append(record)
+                    if on_event:
+                        on_event("done", record)
+        finally:
+            torch.set_num_threads(previous)
         return finished
-    threads = max(1, (os.cpu_count() or 1) // len(names)) if names[0] == "cpu" else 1
     ctx = mp.get_context("spawn")
     finished: list[dict] = []
     for attempt in range(max_restarts + 1):

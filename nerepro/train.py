@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from . import data as datasets
+from . import fastpath
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .errors import ConfigError
@@ -51,11 +52,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    """Adam with Keras' defaults (Sec. 3: 'the Adam optimizer with the default hyperparameters'), or SGD."""
+def make_optimizer(cfg: RunConfig, params, device: torch.device = torch.device("cpu")) -> torch.optim.Optimizer:
+    """Adam with Keras' defaults (Sec. 3: 'the Adam optimizer with the default hyperparameters'), or SGD.
+    Fused kernels on CUDA (one launch for all parameters), foreach on the CPU."""
+    multi = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=cfg.adam_eps, foreach=True)
-    return torch.optim.SGD(params, lr=cfg.learning_rate, foreach=True)
+        return torch.optim.Adam(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=cfg.adam_eps, **multi)
+    return torch.optim.SGD(params, lr=cfg.learning_rate, **multi)
 
 
 def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.device,
@@ -64,6 +67,8 @@ def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.devic
     if data is None:
         data = datasets.load(datasets.NETWORK_DATASET[cfg.network], data_dir, device)
     data = data.subset(cfg.subset).to(device)
+    if fastpath.channels_last(cfg.network, device):
+        data = data.map_inputs(lambda x: fastpath.inputs(x, cfg.network, device))
     if cfg.batch_size > data.n_train:
         raise ConfigError(f"batch size {cfg.batch_size} exceeds the {data.n_train} training samples: lower it")
     return data
@@ -71,18 +76,23 @@ def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.devic
 
 def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | None = None,
           progress: Progress | None = None, checkpoint: Path | None = None,
-          checkpoint_every_s: float = 300.0) -> dict:
+          checkpoint_every_s: float = 300.0, final_evaluation: bool = True) -> dict:
     """Train one network with noise enhancement (Eq. 6) until L < L** (Sec. 3) and return its record.
 
     With `checkpoint`, the run's full state is saved there atomically at a check at most every
     `checkpoint_every_s` seconds, and a run that finds a checkpoint of itself continues from it.
+    `final_evaluation=False` (benchmarks only) skips the exact check at max_steps and the test set.
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    fastpath.configure_backends(device)
     data = prepare_data(cfg, data, device, data_dir)
     model = build_model(cfg.network, seed=cfg.seed, ghost_batch_size=cfg.ghost_batch_size, bn_eps=cfg.bn_eps,
-                        bn_momentum=cfg.bn_momentum).to(device).train()
-    optimizer = make_optimizer(cfg, model.parameters())
+                        bn_momentum=cfg.bn_momentum)
+    model = fastpath.place(model, cfg.network, device).train()
+    forward = fastpath.compiled(model, fastpath.compile_mode(cfg.compile, device))
+    precision = fastpath.autocast(cfg.precision, device)
+    optimizer = make_optimizer(cfg, model.parameters(), device)
     sampler = IndependentSampler(data.n_train, cfg.batch_size, device, cfg.seed, second=cfg.alpha != 1)
     state = RunState()
     saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
@@ -96,22 +106,26 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     last_save = time.perf_counter()
 
     minibatch_sum, since_check = torch.zeros((), device=device), 0
+    t_loop = time.perf_counter()
     while state.step < cfg.max_steps:
         idx = sampler.draw()
-        objective, loss_b, _ = ne_objective(model, data.x_train[idx], data.y_train[idx], cfg.batch_size, cfg.alpha)
+        with precision:
+            objective, loss_b, _ = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size,
+                                                cfg.alpha)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
         state.step, since_check = state.step + 1, since_check + 1
-        if state.step % cfg.check_every and state.step < cfg.max_steps:
+        if state.step % cfg.check_every and not (final_evaluation and state.step == cfg.max_steps):
             continue
 
         t_check = time.perf_counter()
         minibatch_loss = minibatch_sum.item() / since_check  # the one host sync per check_every steps
         minibatch_sum.zero_()
         since_check = 0
-        loss, exact = check_training_loss(cfg, state, model, data, minibatch_loss)
+        with precision:
+            loss, exact = check_training_loss(cfg, state, model, data, minibatch_loss, final_evaluation)
         action = next_action(loss, state.halved_at is not None, l_star, l_star_star) if loss is not None \
             else Action.CONTINUE
         if action is Action.HALVE:
@@ -136,12 +150,17 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
             save_checkpoint(checkpoint, cfg.run_id, model, optimizer, sampler, asdict(state))
             last_save = time.perf_counter()
 
-    test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.check_chunk)
-    return make_record(cfg, data, state, device, test_loss, test_acc, state.wall_before + time.perf_counter() - t_start)
+    loop_s = time.perf_counter() - t_loop
+    test_loss = test_acc = float("nan")
+    if final_evaluation:
+        with precision:
+            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.check_chunk)
+    return make_record(cfg, data, state, device, test_loss, test_acc,
+                       wall_s=state.wall_before + time.perf_counter() - t_start, loop_s=loop_s)
 
 
 def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module, data: datasets.Data,
-                        minibatch_loss: float) -> tuple[float | None, bool]:
+                        minibatch_loss: float, exact_at_end: bool = True) -> tuple[float | None, bool]:
     """One check: L(w) over the training set, a lower bound of it (early exit), or None (gated).
 
     README, 'Loss checks': the cheap running estimate gates the full pass; the pass stops early once its
@@ -151,7 +170,7 @@ def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module,
         return float("nan"), True
     l_star, l_star_star = cfg.target_losses
     target = l_star_star if state.halved_at is not None else l_star
-    final = state.step == cfg.max_steps
+    final = exact_at_end and state.step == cfg.max_steps
     allowance = cfg.check_budget * 3 * state.step * cfg.samples_per_step  # a backward costs ~2 forwards
     if not (final or full_check_due(minibatch_loss, target, cfg.check_gate, state.check_samples, allowance)):
         return None, False
@@ -162,7 +181,7 @@ def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module,
 
 
 def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: torch.device, test_loss: float,
-                test_acc: float, wall_s: float) -> dict:
+                test_acc: float, wall_s: float, loop_s: float) -> dict:
     """The run's record (README, 'The record'): settings, outcome, costs, provenance and loss curve."""
     exact_losses = [v for v, e in zip(state.curve["train_loss"], state.curve["exact"]) if e]
     converged = state.status == "converged"
@@ -175,6 +194,7 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "seed": cfg.seed,
         "optimizer": cfg.optimizer,
         "lr": cfg.learning_rate,
+        "precision": cfg.precision,
         "check_every": cfg.check_every,
         "subset": cfg.subset,
         "n_train": data.n_train,
@@ -187,10 +207,11 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "test_acc": finite_or_none(test_acc) if state.status != "diverged" else None,
         "test_loss": finite_or_none(test_loss) if state.status != "diverged" else None,
         "wall_s": wall_s,
+        "loop_s": loop_s,  # this segment's training loop, steps and checks (what `nerepro bench` times)
         "check_s": state.check_s,
         "check_samples": state.check_samples,
         "resumes": state.resumes,
         "config": {**cfg.to_dict(), **cfg.result_fields()},
-        "provenance": provenance(device),
+        "provenance": {**provenance(device), "compile": fastpath.compile_mode(cfg.compile, device)},
         "curve": state.curve,
     }

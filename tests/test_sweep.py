@@ -18,7 +18,7 @@ from nerepro.record import read_record
 from nerepro.results import ResultsDir
 from nerepro.sweep import run_local
 
-VOLATILE = ("wall_s", "check_s", "provenance", "resumes")
+VOLATILE = ("wall_s", "loop_s", "check_s", "provenance", "resumes")
 
 
 def strip(record):

@@ -11,7 +11,7 @@ from conftest import synthetic_data
 from nerepro import RunConfig, train
 from nerepro.schedule import Action, dataset_loss, full_check_due, next_action
 
-VOLATILE = ("wall_s", "check_s", "provenance")
+VOLATILE = ("wall_s", "loop_s", "check_s", "provenance")
 
 
 def cfg(**kw):

@@ -1,0 +1,123 @@
+"""`nerepro bench`: how fast a run's training loop is, against what the device can do."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+import torch.nn as nn
+
+from . import data as datasets
+from .config import RunConfig
+from .fastpath import compile_mode
+from .models import build_model
+from .record import device_name
+from .train import resolve_device, train
+
+SHAPES = {"F1": ((1, 28, 28), 60_000, 10, 10_000), "C1": ((3, 32, 32), 50_000, 10, 10_000),
+          "C2": ((3, 32, 32), 50_000, 100, 10_000)}  # input shape, train size, classes, test size
+
+
+def training_flops_per_sample(network: str) -> float:
+    """FLOPs of one training sample: forward multiply-adds of every conv and linear layer x 2, x 3 for
+    forward + backward (batch norm, ReLU and pooling are a rounding error). F1 ~11.4 M, C1 ~1.6 G, C2 ~1.9 G."""
+    model = build_model(network).eval()
+    macs = []
+
+    def count(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            macs.append(output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+        elif isinstance(module, nn.Linear):
+            macs.append(module.in_features * module.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, *SHAPES[network][0]))
+    for h in hooks:
+        h.remove()
+    return 3 * 2 * float(sum(macs))
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, tf32: bool = False, seconds: float = 1.0) -> float:
+    """TFLOP/s of a large square matmul in `dtype` on `device`, measured now (the roof a run is held to)."""
+    n = 8192 if device.type == "cuda" else 1536
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        a @ b
+        _sync(device)
+        batch = 10 if device.type == "cuda" else 1  # queue several launches between syncs
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(batch):
+                a @ b
+            reps += batch
+            _sync(device)
+        return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_data(network: str, device: torch.device, data_dir: str | None) -> tuple[datasets.Data, bool]:
+    """The network's real dataset when present, else random data of its shape; (data, is_real)."""
+    name = datasets.NETWORK_DATASET[network]
+    if datasets.is_available(name, data_dir):
+        return datasets.load(name, data_dir, device), True
+    shape, n_train, classes, n_test = SHAPES[network]
+    g = torch.Generator().manual_seed(0)
+    fake = datasets.Data(f"random {name}-shaped", torch.rand((n_train, *shape), generator=g),
+                         torch.randint(0, classes, (n_train,), generator=g), torch.rand((n_test, *shape), generator=g),
+                         torch.randint(0, classes, (n_test,), generator=g), classes)
+    return fake.to(device), False
+
+
+def bench(network: str, batch_size: int, alpha: float, steps: int, device: str = "auto", precision: str = "fp32",
+          check_every: int = 50, compile: str = "auto", warmup: int = 20, data_dir: str | None = None) -> dict:
+    """Train `steps` steps from seed 0 (after `warmup` discarded steps: compilation, autotuning) and measure."""
+    dev = resolve_device(device)
+    cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=0, max_steps=steps,
+                    check_every=check_every, precision=precision, compile=compile, device=str(dev))
+    data, real = bench_data(network, dev, data_dir)
+    if warmup:
+        train(cfg.replace(max_steps=warmup), data=data, final_evaluation=False)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    record = train(cfg, data=data, final_evaluation=False)
+    loop_s = record["loop_s"]
+    tf32 = dev.type == "cuda" and network != "F1" and precision == "fp32"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peak = matmul_peak(dev, dtype, tf32=tf32)
+    flops = training_flops_per_sample(network)
+    samples_per_s = record["steps"] * cfg.samples_per_step / loop_s
+    achieved = samples_per_s * flops / 1e12
+    memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision,
+        "compile": compile_mode(compile, dev), "steps": record["steps"], "check_every": check_every,
+        "data": "real" if real else "random", "device": device_name(dev), "device_type": dev.type,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "steps_per_s": record["steps"] / loop_s, "samples_per_s": samples_per_s,
+        "gflop_per_sample": flops / 1e9, "achieved_tflops": achieved,
+        "peak_tflops": peak, "peak_kind": "bf16" if precision == "bf16" else ("tf32" if tf32 else "fp32"),
+        "fraction_of_peak": achieved / peak, "check_share": record["check_s"] / loop_s,
+        "peak_memory_gib": memory / 2 ** 30, "memory_kind": "device" if dev.type == "cuda" else "process RSS",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def summary(result: dict) -> str:
+    r = result
+    return (f"{r['network']} B={r['batch_size']} alpha={r['alpha']:g} {r['precision']} on {r['device']} "
+            f"({r['device_type']}, {r['threads']} threads, compile {r['compile']}, {r['data']} data): "
+            f"{r['steps_per_s']:.2f} steps/s, {r['samples_per_s']:.0f} samples/s, "
+            f"{r['achieved_tflops']:.3g} TFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the measured "
+            f"{r['peak_kind']} matmul peak {r['peak_tflops']:.3g} TFLOP/s; checks {100 * r['check_share']:.1f}% "
+            f"of the loop; peak {r['memory_kind']} memory {r['peak_memory_gib']:.2f} GiB")
