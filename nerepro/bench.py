@@ -95,7 +95,7 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_peak(dev, dtype, tf32=tf32)
     flops = training_flops_per_sample(network)
-    samples_per_s = record["steps"] * cfg.samples_per_step / loop_s
+    samples_per_s = record["samples_processed"] / loop_s
     achieved = samples_per_s * flops / 1e12
     memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

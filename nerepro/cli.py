@@ -71,6 +71,13 @@ def train(
              "the next target (L* or L**); 0 = at every check.")] = 4.0,
     check_budget: Annotated[float, typer.Option(
         help="Before that, full checks only within this share of the training compute.")] = 0.02,
+    precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA) or bf16 (autocast body).")] = "fp32",
+    reference: Annotated[str, typer.Option(
+        help="minibatch (Eq. 6: a second minibatch B') or full (Eq. 5: the exact full-batch gradient; each step "
+             "then costs B + N samples).")] = "minibatch",
+    compile: Annotated[str, typer.Option(help="auto (torch.compile on CUDA), off, default, reduce-overhead.")] = "auto",
+    save_weights: Annotated[bool, typer.Option(
+        help="Also write the final weights to DIR/<run_id>.weights.pt (for `nerepro noise --weights`).")] = False,
     full_checks: Annotated[bool, typer.Option(
         help="Evaluate the whole training set at every check (no early exit; same decisions, slower).")] = False,
     device: Device = "auto",
@@ -89,13 +96,14 @@ def train(
     cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=seed, optimizer=optimizer, lr=lr,
                     adam_eps=adam_eps, check_every=check_every, max_steps=max_steps, subset=subset, l_star=l_star,
                     l_star_star=l_star_star, ghost_batch_size=ghost_batch_size, bn_eps=bn_eps,
-                    bn_momentum=bn_momentum, check_gate=check_gate, check_budget=check_budget,
-                    check_early_exit=not full_checks, device=device)
+                    bn_momentum=bn_momentum, check_gate=check_gate, check_budget=check_budget, precision=precision,
+                    reference=reference, compile=compile, check_early_exit=not full_checks, device=device)
     check_writable(out)
+    weights = out / f"{cfg.run_id}.weights.pt" if save_weights else None
     with RunProgress(cfg.max_steps, cfg.run_id) as progress:
-        record = run_training(cfg, data_dir=data_dir, progress=progress)
+        record = run_training(cfg, data_dir=data_dir, progress=progress, save_weights=weights)
     path = write_json_atomic(out / f"{record['run_id']}.json", record)
-    typer.echo(summary_line(record, path))
+    typer.echo(summary_line(record, path) + (f" (weights: {weights})" if weights else ""))
 
 
 @data_app.command("download")
@@ -276,6 +284,59 @@ def bench(
     result = run_bench(network, batch_size, alpha, steps, device, precision, check_every, compile, warmup,
                        str(data_dir) if data_dir else None)
     typer.echo(json.dumps(result) if json_out else summary(result))
+
+
+@app.command()
+def noise(
+    network: Annotated[str, typer.Option(help="F1, C1 or C2.")],
+    batch_size: Annotated[int, typer.Option(help="Minibatch size B of the NE draws.")],
+    alphas: Annotated[str, typer.Option(help="Comma-separated alphas; 1 is added if missing.")] = "1,1.5,2,3",
+    draws: Annotated[int, typer.Option(help="Minibatch draws (each: B, B', and one plain batch per B_eff).")] = 400,
+    out: Annotated[Path, typer.Option(help="Directory for noise.csv, noise.md and noise.png/.pdf.")] = Path("results/noise"),
+    weights: Annotated[Optional[Path], typer.Option(help="Weights to measure at (`train --save-weights` or a "
+                                                         "checkpoint); default: the seed's initialisation.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the draws and the sketch.")] = 0,
+    subset: Annotated[Optional[int], typer.Option(help="Use the first N training samples as the dataset.")] = None,
+    sketch_dim: Annotated[int, typer.Option(help="Random directions kept (CountSketch rows).")] = 256,
+    device: Device = "auto",
+    data_dir: DataDir = None,
+):
+    """Measure the SGD noise at fixed weights: covariance trace vs Eq. (10), plain SGD at B_eff (Eq. 11), kurtosis.
+
+    Example: nerepro noise --network F1 --batch-size 500 --alphas 1,1.5,2,3 --draws 400 --out R/noise
+    """
+    import time
+
+    from . import data as datasets
+    from .config import RunConfig
+    from .errors import ConfigError
+    from .models import build_model, ghost_batch_sizes
+    from .noise import draw_noise, load_weights, summarize_noise, write_noise_report
+    from .train import prepare_data, resolve_device
+
+    try:
+        alpha_list = sorted({1.0, *(float(a) for a in alphas.split(","))})
+    except ValueError:
+        raise ConfigError(f"--alphas takes comma-separated numbers, got {alphas!r}") from None
+    if draws < 10:
+        raise ConfigError("--draws must be at least 10")
+    cfg = RunConfig(network=network, alpha=max(alpha_list), batch_size=batch_size, seed=seed, subset=subset)
+    dev = resolve_device(device)
+    data = prepare_data(cfg, None, dev, str(data_dir) if data_dir else None)
+    model = build_model(network, seed=seed)
+    if weights:
+        load_weights(model, weights)
+    model = model.to(dev)
+    multiple = max(ghost_batch_sizes(model) or {1})
+    start = time.time()
+    drawn = draw_noise(model, data.x_train, data.y_train, batch_size, alpha_list, draws, seed, sketch_dim, multiple)
+    table = summarize_noise(drawn, batch_size, alpha_list, multiple, seed=seed)
+    meta = {"network": network, "dataset": data.name, "n_train": data.n_train, "B": batch_size, "draws": draws,
+            "weights": str(weights) if weights else f"initialisation, seed {seed}", "parameters": drawn.params,
+            "sketch_dim": sketch_dim, "seed": seed, "device": str(dev), "wall_s": round(time.time() - start, 1),
+            "date": time.strftime("%Y-%m-%d")}
+    typer.echo(write_noise_report(table, meta, out))
+    typer.echo(f"noise -> {out}")
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ from .paper import TABLE_1
 
 NETWORKS = ("F1", "C1", "C2")
 OPTIMIZERS = ("adam", "sgd")
+REFERENCES = ("minibatch", "full")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # Keras' defaults (README, protocol table)
-LATER_FIELDS = {"precision": "fp32"}  # result-changing fields added later, with the default that leaves ids alone
+LATER_FIELDS = {"precision": "fp32", "reference": "minibatch"}  # result-changing fields added later, with the default that leaves ids alone
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class RunConfig:
     check_gate: float = 4.0  # (id) full checks every check_every steps once the mean minibatch loss < gate x target; 0 = always
     check_budget: float = 0.02  # (id) before that, full checks only within this share of the training compute
     precision: str = "fp32"  # (id) "fp32" (TF32 convolutions on CUDA) or "bf16" (autocast body, fp32 logits/loss)
+    reference: str = "minibatch"  # (id) what replaces grad L in Eq. (5): "minibatch" B' (Eq. 6) or "full" grad L
     compile: str = "auto"  # "auto" (torch.compile on CUDA) | "off" | "default" | "reduce-overhead"; not in the id
     check_chunk: int = 10_000  # samples per forward pass in loss checks; memory only, not the result
     check_early_exit: bool = True  # stop a check once its partial sum proves L >= target (same decisions)
@@ -68,10 +70,11 @@ class RunConfig:
     def uses_ghost_batch_norm(self) -> bool:
         return self.network in ("C1", "C2")
 
-    @property
-    def samples_per_step(self) -> int:
-        """Training samples read per step: B, or 2B when the second minibatch B' is used."""
-        return self.batch_size * (1 if self.alpha == 1 else 2)
+    def samples_per_step(self, n_train: int) -> int:
+        """Training samples read per step: B, 2B when B' is used, B + N with the full-gradient reference."""
+        if self.alpha == 1:
+            return self.batch_size
+        return self.batch_size + (n_train if self.reference == "full" else self.batch_size)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -142,6 +145,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"batch size {cfg.batch_size} exceeds the training subset of {cfg.subset}: lower one")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.reference not in REFERENCES:
+        raise ConfigError(f"unknown reference {cfg.reference!r}: choose one of {', '.join(REFERENCES)}")
     if cfg.compile not in COMPILE_MODES:
         raise ConfigError(f"unknown compile mode {cfg.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
     if not (math.isfinite(cfg.check_gate) and cfg.check_gate >= 0 and 0 <= cfg.check_budget <= 1):

@@ -38,6 +38,21 @@ def ne_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_first: in
     return alpha * loss_b + (1 - alpha) * loss_b_prime, loss_b, loss_b_prime
 
 
+def accumulate_full_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0,
+                             chunk: int = 10_000) -> None:
+    """Add scale * grad L(w) of Eq. (1) over all of (x, y) to the parameters' .grad, chunk by chunk, in
+    training mode (for C1/C2 each chunk's ghost batches are consecutive samples); batch-norm running
+    statistics are left as they were."""
+    buffers = [b.clone() for b in model.buffers()]
+    n = len(x)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        (ne_objective(model, x[start:end], y[start:end], end - start, 1.0)[0] * (scale * (end - start) / n)).backward()
+    with torch.no_grad():
+        for b, saved in zip(model.buffers(), buffers):
+            b.copy_(saved)
+
+
 def noise_enhanced_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                         batch_prime: tuple[torch.Tensor, torch.Tensor] | None, alpha: float,
                         loss_fn: LossFn = per_sample_cross_entropy) -> torch.Tensor:

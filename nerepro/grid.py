@@ -131,4 +131,4 @@ def estimated_steps(cfg: RunConfig, reference: dict | None = None) -> int:
 
 def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:
     """Training samples a run is expected to read (each NE step reads 2B)."""
-    return estimated_steps(cfg, reference) * cfg.samples_per_step
+    return estimated_steps(cfg, reference) * cfg.samples_per_step(cfg.subset or TRAIN_SIZE[cfg.network])

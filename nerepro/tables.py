@@ -105,6 +105,32 @@ def table_3(results: Results, variant: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_3_COLUMNS)
 
 
+def table_baselines(results: Results, variant: str) -> pd.DataFrame:
+    """Each NE row of Tables 2 and 3 beside plain SGD (alpha = 1) at 2B (the same samples per step) and at
+    B_eff (the same noise covariance, Eq. 11), where those runs exist (configs/baselines.toml)."""
+    from .noise import effective_batch_size
+
+    stats = summarize(results.runs[results.runs["variant"] == variant]).set_index(["network", "alpha", "batch_size"])
+    points = [(r["network"], r["alpha"], r["b_opt"], "Table 2") for _, r in table_2(results, variant).iterrows()
+              if r["alpha"] > 1]
+    points += [(r["network"], r["alpha"], r["batch_size"], "Table 3") for _, r in table_3(results, variant).iterrows()
+               if r["setting"] == "with NE"]
+    rows = []
+    for network, alpha, b, source in points:
+        multiple = 100 if network in ("C1", "C2") else 1
+        row = {"source": source, "network": network, "alpha": alpha, "batch_size": int(b)}
+        for tag, size in (("ne", int(b)), ("plain_2b", 2 * int(b)),
+                          ("plain_beff", effective_batch_size(int(b), alpha, multiple))):
+            key = (network, alpha if tag == "ne" else 1.0, size)
+            row[f"{tag}_batch_size"] = size
+            found = stats.loc[key] if key in stats.index else None
+            for metric in ("test_acc_mean", "test_acc_std", "convergence_steps_mean", "samples_processed_mean", "n"):
+                row[f"{tag}_{metric}"] = found[metric] if found is not None else np.nan
+        if pd.notna(row["plain_2b_n"]) or pd.notna(row["plain_beff_n"]):
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ---- rendering -------------------------------------------------------------------------------------
 
 def _pm(mean, std, digits: int) -> str:
@@ -132,6 +158,8 @@ HEAD_2 = ["net", "α", "B_opt", "paper B_opt", "test acc (%)", "paper", "Δ/σ_p
           "Δ/σ_paper", "samples", "wall (s)", "n conv/runs"]
 HEAD_3 = ["net", "setting", "B", "α", "paper B, α", "best test acc (%)", "paper", "Δ/σ_paper", "steps",
           "samples", "n conv/runs"]
+HEAD_B = ["from", "net", "NE: α, B", "test acc (%)", "steps", "samples", "plain 2B: B", "test acc (%)", "steps",
+          "samples", "plain B_eff: B", "test acc (%)", "steps", "samples"]
 HEAD_1 = ["net", "type", "dataset", "L*", "L**", "paper dataset", "paper L*", "paper L**", "runs"]
 
 
@@ -142,6 +170,16 @@ def _cells_3(r: pd.Series) -> list[str]:
             _pm(r["test_acc_mean"], r["test_acc_std"], 2), _pm(r.get("paper_test_acc_mean"), r.get("paper_test_acc_std"), 2),
             _num(r.get("test_acc_diff_in_paper_std"), "+.1f"), _num(r["convergence_steps_mean"], ".0f"),
             _num(r["samples_processed_mean"], ".3g"), f"{int(r['n'])}/{int(r['n_runs'])}"]
+
+
+def _cells_b(r: pd.Series) -> list[str]:
+    cells = [r["source"], r["network"], f"{r['alpha']:g}, {r['batch_size']}"]
+    for tag in ("ne", "plain_2b", "plain_beff"):
+        if tag != "ne":
+            cells.append(str(r[f"{tag}_batch_size"]))
+        cells += [_pm(r[f"{tag}_test_acc_mean"], r[f"{tag}_test_acc_std"], 2), _num(r[f"{tag}_convergence_steps_mean"], ".0f"),
+                  _num(r[f"{tag}_samples_processed_mean"], ".3g")]
+    return cells
 
 
 def _cells_1(r: pd.Series) -> list[str]:
@@ -172,6 +210,8 @@ TITLES = {
     "table2": "Table 2: test accuracy and convergence time at B_opt for each alpha (mean ± std over converged seeds)",
     "table3": "Table 3: best test accuracy without NE (best B, alpha = 1) and with NE (B = 5000 or the largest B "
               "run, best alpha)",
+    "baselines": "Compute-matched baselines: each NE row beside plain SGD at 2B (same samples per step) and at B_eff "
+                 "(same noise covariance, Eq. 11)",
 }
 
 
@@ -181,11 +221,15 @@ def write_tables(results: Results, out: Path) -> str:
     variants = results.variants()
     t1 = table_1(results)
     parts = {"table1": [(None, t1, HEAD_1, [_cells_1(r) for _, r in t1.iterrows()])]}
-    parts["table2"], parts["table3"] = [], []
+    parts["table2"], parts["table3"], parts["baselines"] = [], [], []
     for v in variants:
-        t2, t3 = table_2(results, v), table_3(results, v)
+        t2, t3, tb = table_2(results, v), table_3(results, v), table_baselines(results, v)
         parts["table2"].append((v, t2, HEAD_2, [_cells_2(r) for _, r in t2.iterrows()]))
         parts["table3"].append((v, t3, HEAD_3, [_cells_3(r) for _, r in t3.iterrows()]))
+        if len(tb):
+            parts["baselines"].append((v, tb, HEAD_B, [_cells_b(r) for _, r in tb.iterrows()]))
+    if not parts["baselines"]:
+        del parts["baselines"]
     printed = []
     for name, sections in parts.items():
         md, tex, frames = [f"## {TITLES[name]}"], [], []

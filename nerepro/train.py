@@ -15,7 +15,7 @@ from . import fastpath
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .errors import ConfigError
-from .gradient import ne_objective
+from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
 from .record import finite_or_none, provenance
 from .sampling import IndependentSampler
@@ -76,12 +76,14 @@ def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.devic
 
 def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | None = None,
           progress: Progress | None = None, checkpoint: Path | None = None,
-          checkpoint_every_s: float = 300.0, final_evaluation: bool = True) -> dict:
+          checkpoint_every_s: float = 300.0, final_evaluation: bool = True,
+          save_weights: Path | None = None) -> dict:
     """Train one network with noise enhancement (Eq. 6) until L < L** (Sec. 3) and return its record.
 
     With `checkpoint`, the run's full state is saved there atomically at a check at most every
     `checkpoint_every_s` seconds, and a run that finds a checkpoint of itself continues from it.
     `final_evaluation=False` (benchmarks only) skips the exact check at max_steps and the test set.
+    `save_weights` receives the final model's state dict (for `nerepro noise --weights`).
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -93,7 +95,9 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     forward = fastpath.compiled(model, fastpath.compile_mode(cfg.compile, device))
     precision = fastpath.autocast(cfg.precision, device)
     optimizer = make_optimizer(cfg, model.parameters(), device)
-    sampler = IndependentSampler(data.n_train, cfg.batch_size, device, cfg.seed, second=cfg.alpha != 1)
+    full_reference = cfg.reference == "full" and cfg.alpha != 1
+    sampler = IndependentSampler(data.n_train, cfg.batch_size, device, cfg.seed,
+                                 second=cfg.alpha != 1 and not full_reference)
     state = RunState()
     saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
     if saved:
@@ -109,11 +113,16 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     t_loop = time.perf_counter()
     while state.step < cfg.max_steps:
         idx = sampler.draw()
-        with precision:
-            objective, loss_b, _ = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size,
-                                                cfg.alpha)
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        with precision:
+            if full_reference:  # Eq. (5): alpha grad L_B + (1 - alpha) grad L, the ideal NE
+                loss_b = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size, 1.0)[0]
+                (cfg.alpha * loss_b).backward()
+                accumulate_full_gradient(forward, data.x_train, data.y_train, 1 - cfg.alpha, cfg.check_chunk)
+            else:  # Eq. (6)
+                objective, loss_b, _ = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size,
+                                                    cfg.alpha)
+                objective.backward()
         optimizer.step()
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
         state.step, since_check = state.step + 1, since_check + 1
@@ -151,6 +160,8 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
             last_save = time.perf_counter()
 
     loop_s = time.perf_counter() - t_loop
+    if save_weights:
+        torch.save(model.state_dict(), save_weights)
     test_loss = test_acc = float("nan")
     if final_evaluation:
         with precision:
@@ -171,7 +182,7 @@ def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module,
     l_star, l_star_star = cfg.target_losses
     target = l_star_star if state.halved_at is not None else l_star
     final = exact_at_end and state.step == cfg.max_steps
-    allowance = cfg.check_budget * 3 * state.step * cfg.samples_per_step  # a backward costs ~2 forwards
+    allowance = cfg.check_budget * 3 * state.step * cfg.samples_per_step(data.n_train)  # backward ~ 2 forwards
     if not (final or full_check_due(minibatch_loss, target, cfg.check_gate, state.check_samples, allowance)):
         return None, False
     stop_at = target if cfg.check_early_exit and not final else None
@@ -195,13 +206,14 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "optimizer": cfg.optimizer,
         "lr": cfg.learning_rate,
         "precision": cfg.precision,
+        "reference": cfg.reference,
         "check_every": cfg.check_every,
         "subset": cfg.subset,
         "n_train": data.n_train,
         "status": state.status,
         "convergence_steps": state.step if converged else None,
         "steps": state.step,
-        "samples_processed": state.step * cfg.samples_per_step,
+        "samples_processed": state.step * cfg.samples_per_step(data.n_train),
         "lr_halved_step": state.halved_at,
         "train_loss": exact_losses[-1] if exact_losses else None,
         "test_acc": finite_or_none(test_acc) if state.status != "diverged" else None,

@@ -204,3 +204,18 @@ def test_tables_from_runs_csv(tmp_path, known):
     shutil.rmtree(root / "runs")
     result = invoke("tables", "--results", root, "--out", tmp_path / "o")
     assert result.exit_code == 0 and "90.50 ± 0.71" in result.stdout
+
+
+def test_baselines_table(tmp_path):
+    from nerepro.tables import table_baselines
+
+    recs = [record("F1", 1.5, 300, s, 91.0 + 0.1 * s, 900) for s in range(3)]
+    recs += [record("F1", 1.0, 300, s, 90.0, 1000) for s in range(3)]
+    recs += [record("F1", 1.0, 600, s, 89.0 + 0.1 * s, 500) for s in range(3)]  # 2B
+    recs += [record("F1", 1.0, 120, s, 90.5, 2000) for s in range(2)]  # B_eff = 300 / 2.5
+    results = load_results(write(tmp_path / "b", recs))
+    tb = table_baselines(results, "paper protocol").set_index("source").loc["Table 2"]
+    assert (tb["batch_size"], tb["plain_2b_batch_size"], tb["plain_beff_batch_size"]) == (300, 600, 120)
+    assert tb["ne_test_acc_mean"] == pytest.approx(91.1) and tb["plain_2b_test_acc_mean"] == pytest.approx(89.1)
+    assert tb["plain_beff_n"] == 2 and tb["ne_samples_processed_mean"] == 900 * 600
+    assert "Compute-matched baselines" in write_tables(results, tmp_path / "out")
