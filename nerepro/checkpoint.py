@@ -42,5 +42,4 @@ def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | Non
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("run_id") != run_id:
         warnings.warn(f"ignoring checkpoint {path}: it belongs to another run or version")
         return None
-    saved["sampler"] = {"generators": [s.cpu() for s in saved["sampler"]["generators"]]}
     return saved

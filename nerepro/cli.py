@@ -71,6 +71,12 @@ def train(
              "the next target (L* or L**); 0 = at every check.")] = 4.0,
     check_budget: Annotated[float, typer.Option(
         help="Before that, full checks only within this share of the training compute.")] = 0.02,
+    stop_loss: Annotated[str, typer.Option(
+        help="The loss L* and L** are read on: full (Eq. 1 over the training set), epoch_mean (mean minibatch "
+             "loss over the last epoch), ne_epoch_mean (the same for the NE loss).")] = "full",
+    sampling: Annotated[str, typer.Option(
+        help="independent (B, B' drawn afresh each step), epoch (each walks its own shuffled epochs), paired "
+             "(halves of one 2B chunk of a shuffled epoch).")] = "independent",
     precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA) or bf16 (autocast body).")] = "fp32",
     reference: Annotated[str, typer.Option(
         help="minibatch (Eq. 6: a second minibatch B') or full (Eq. 5: the exact full-batch gradient; each step "
@@ -97,7 +103,7 @@ def train(
                     adam_eps=adam_eps, check_every=check_every, max_steps=max_steps, subset=subset, l_star=l_star,
                     l_star_star=l_star_star, ghost_batch_size=ghost_batch_size, bn_eps=bn_eps,
                     bn_momentum=bn_momentum, check_gate=check_gate, check_budget=check_budget, precision=precision,
-                    reference=reference, compile=compile, check_early_exit=not full_checks, device=device)
+                    reference=reference, stop_loss=stop_loss, sampling=sampling, compile=compile, check_early_exit=not full_checks, device=device)
     check_writable(out)
     weights = out / f"{cfg.run_id}.weights.pt" if save_weights else None
     with RunProgress(cfg.max_steps, cfg.run_id) as progress:
@@ -256,6 +262,15 @@ def claims(results: ResultsOpt, out: OutOpt = None):
     verdicts = [line.rsplit("**", 2)[-2] for line in text.splitlines() if line.endswith("** |")]
     typer.echo(f"claims -> {out / 'claims.md'}: " + ", ".join(
         f"{verdicts.count(v)} {v}" for v in ("supported", "not supported", "not enough data")))
+
+
+@app.command()
+def protocol(results: ResultsOpt, out: OutOpt = None):
+    """Set each reading's F1 results (configs/protocol.toml) beside the paper's Tables 2-3: which one matches?"""
+    from .protocol import write_protocol
+
+    loaded, out = _load_report_inputs(results, out)
+    typer.echo(write_protocol(loaded, out))
 
 
 @app.command()

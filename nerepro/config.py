@@ -16,7 +16,9 @@ NETWORKS = ("F1", "C1", "C2")
 OPTIMIZERS = ("adam", "sgd")
 REFERENCES = ("minibatch", "full")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # Keras' defaults (README, protocol table)
-LATER_FIELDS = {"precision": "fp32", "reference": "minibatch"}  # result-changing fields added later, with the default that leaves ids alone
+LATER_FIELDS = {"precision": "fp32", "reference": "minibatch", "stop_loss": "full", "sampling": "independent"}
+STOP_LOSSES = ("full", "epoch_mean", "ne_epoch_mean")
+SAMPLINGS = ("independent", "epoch", "paired")  # result-changing fields added later, with the default that leaves ids alone
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class RunConfig:
     check_gate: float = 4.0  # (id) full checks every check_every steps once the mean minibatch loss < gate x target; 0 = always
     check_budget: float = 0.02  # (id) before that, full checks only within this share of the training compute
     precision: str = "fp32"  # (id) "fp32" (TF32 convolutions on CUDA) or "bf16" (autocast body, fp32 logits/loss)
+    stop_loss: str = "full"  # (id) the loss L* and L** are read on: "full" (Eq. 1), "epoch_mean", "ne_epoch_mean"
+    sampling: str = "independent"  # (id) how B and B' are drawn: "independent", "epoch", "paired"
     reference: str = "minibatch"  # (id) what replaces grad L in Eq. (5): "minibatch" B' (Eq. 6) or "full" grad L
     compile: str = "auto"  # "auto" (torch.compile on CUDA) | "off" | "default" | "reduce-overhead"; not in the id
     check_chunk: int = 10_000  # samples per forward pass in loss checks; memory only, not the result
@@ -67,6 +71,16 @@ class RunConfig:
         return float(l1), float(l2)
 
     @property
+    def effective_stop_loss(self) -> str:
+        """At alpha = 1 the NE loss is L_B itself, so ne_epoch_mean is epoch_mean (one run, one id)."""
+        return "epoch_mean" if self.alpha == 1 and self.stop_loss == "ne_epoch_mean" else self.stop_loss
+
+    @property
+    def effective_sampling(self) -> str:
+        """At alpha = 1 there is no B', so paired sampling is epoch sampling."""
+        return "epoch" if self.alpha == 1 and self.sampling == "paired" else self.sampling
+
+    @property
     def uses_ghost_batch_norm(self) -> bool:
         return self.network in ("C1", "C2")
 
@@ -86,7 +100,9 @@ class RunConfig:
         written before they existed keep their ids.
         """
         l_star, l_star_star = self.target_losses
-        later = {k: getattr(self, k) for k, default in LATER_FIELDS.items() if getattr(self, k) != default}
+        effective = {**{k: getattr(self, k) for k in LATER_FIELDS}, "stop_loss": self.effective_stop_loss,
+                     "sampling": self.effective_sampling}
+        later = {k: v for k, v in effective.items() if v != LATER_FIELDS[k]}
         return {**later, **{
             "network": self.network,
             "alpha": float(self.alpha),
@@ -145,6 +161,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"batch size {cfg.batch_size} exceeds the training subset of {cfg.subset}: lower one")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.stop_loss not in STOP_LOSSES:
+        raise ConfigError(f"unknown stop loss {cfg.stop_loss!r}: choose one of {', '.join(STOP_LOSSES)}")
+    if cfg.sampling not in SAMPLINGS:
+        raise ConfigError(f"unknown sampling {cfg.sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    if cfg.reference == "full" and (cfg.stop_loss == "ne_epoch_mean" or cfg.sampling != "independent"):
+        raise ConfigError("--reference full draws no B': use it with --stop-loss full or epoch_mean and "
+                          "--sampling independent")
     if cfg.reference not in REFERENCES:
         raise ConfigError(f"unknown reference {cfg.reference!r}: choose one of {', '.join(REFERENCES)}")
     if cfg.compile not in COMPILE_MODES:

@@ -33,13 +33,13 @@ class RunProgress:
             self.bar = tqdm(total=self.total, desc=self.label, unit="step", dynamic_ncols=True, leave=False)
         return self
 
-    def __call__(self, step: int, loss: float) -> None:
+    def __call__(self, step: int, loss: str) -> None:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix_str(f"L={loss:.4g}")
+            self.bar.set_postfix_str(loss)
         elif time.time() - self.last >= self.every_s:
             self.last = time.time()
-            print(f"{self.label}: step {step}, L={loss:.4g}", file=sys.stderr, flush=True)
+            print(f"{self.label}: step {step}, {loss}", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -56,7 +56,7 @@ class SweepDisplay:
 
     def __call__(self, kind: str, payload: dict) -> None:
         if kind == "check" and self.bar is not None:
-            self.bar.set_postfix_str(f"{payload['run_id']} step {payload['step']} L={payload['loss']:.4g}")
+            self.bar.set_postfix_str(f"{payload['run_id']} step {payload['step']} {payload['loss']}")
         elif kind == "note":
             self._write(payload["message"])
         elif kind == "done":

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
+from .config import LATER_FIELDS, RunConfig
 from .errors import ResultsError
 from .results import load_records, records_frame
 
@@ -42,6 +42,7 @@ def variant_of(record: dict) -> str:
         default = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"])).result_fields()
     except Exception:  # noqa: BLE001 - an odd record still gets reported, as its own variant
         return "unknown settings"
+    default = {**LATER_FIELDS, **default}  # fields added later are omitted from result_fields at their default
     diffs = [f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
              for k in default if k not in IDENTITY and k in config and config[k] != default[k]]
     return ", ".join(diffs) or "paper protocol"

@@ -42,6 +42,30 @@ def full_check_due(minibatch_loss: float, target: float, gate: float, spent: int
     return minibatch_loss < gate * target or spent < allowance
 
 
+class EpochWindow:
+    """The minibatch losses L_B and NE losses alpha L_B + (1 - alpha) L_B' of the last `size` steps (one
+    epoch), kept on the device: the `epoch_mean` and `ne_epoch_mean` readings of "the training loss"."""
+
+    def __init__(self, size: int, device: torch.device):
+        self.size, self.count = size, 0
+        self.values = torch.zeros(2, size, device=device)
+
+    def add(self, loss_b: torch.Tensor, loss_ne: torch.Tensor) -> None:
+        self.values[:, self.count % self.size] = torch.stack([loss_b.float(), loss_ne.float()])
+        self.count += 1
+
+    def mean(self, ne: bool) -> float:
+        """Mean over the last epoch (or the steps so far, before the first epoch is complete)."""
+        return self.values[int(ne), :min(self.count, self.size)].mean().item()
+
+    def state_dict(self) -> dict:
+        return {"values": self.values.cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values.copy_(state["values"])
+        self.count = state["count"]
+
+
 class LossCheck(NamedTuple):
     value: float  # L(w), or a lower bound of it when not exact
     exact: bool

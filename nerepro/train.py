@@ -18,10 +18,10 @@ from .errors import ConfigError
 from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
 from .record import finite_or_none, provenance
-from .sampling import IndependentSampler
-from .schedule import Action, dataset_loss, evaluate, full_check_due, next_action
+from .sampling import make_sampler
+from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
 
-Progress = Callable[[int, float], None]  # called at every check with (step, checked or estimated loss)
+Progress = Callable[[int, str], None]  # called at every check with (step, "L=..." | "L>=..." | "L_B~...")
 CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The record'
 
 
@@ -36,6 +36,7 @@ class RunState:
     check_samples: int = 0  # samples forwarded by full-training-set checks (their cost)
     wall_before: float = 0.0  # wall time of earlier segments of a resumed run
     resumes: int = 0
+    window: dict | None = None  # the EpochWindow of the epoch_mean readings, at the checkpoint
     curve: dict = field(default_factory=lambda: {k: [] for k in CURVE})
 
 
@@ -96,8 +97,10 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     precision = fastpath.autocast(cfg.precision, device)
     optimizer = make_optimizer(cfg, model.parameters(), device)
     full_reference = cfg.reference == "full" and cfg.alpha != 1
-    sampler = IndependentSampler(data.n_train, cfg.batch_size, device, cfg.seed,
-                                 second=cfg.alpha != 1 and not full_reference)
+    sampler = make_sampler(cfg.effective_sampling, data.n_train, cfg.batch_size, device, cfg.seed,
+                           second=cfg.alpha != 1 and not full_reference)
+    window = EpochWindow(math.ceil(data.n_train / cfg.batch_size), device) \
+        if cfg.effective_stop_loss != "full" else None
     state = RunState()
     saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
     if saved:
@@ -106,6 +109,8 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
         sampler.load_state_dict(saved["sampler"])
         state = RunState(**saved["state"])
         state.resumes += 1
+        if window is not None:
+            window.load_state_dict(state.window)
     l_star, l_star_star = cfg.target_losses
     last_save = time.perf_counter()
 
@@ -116,7 +121,8 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
         optimizer.zero_grad(set_to_none=True)
         with precision:
             if full_reference:  # Eq. (5): alpha grad L_B + (1 - alpha) grad L, the ideal NE
-                loss_b = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size, 1.0)[0]
+                loss_b = objective = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size,
+                                                  1.0)[0]
                 (cfg.alpha * loss_b).backward()
                 accumulate_full_gradient(forward, data.x_train, data.y_train, 1 - cfg.alpha, cfg.check_chunk)
             else:  # Eq. (6)
@@ -125,6 +131,8 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
                 objective.backward()
         optimizer.step()
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
+        if window is not None:
+            window.add(loss_b.detach(), objective.detach())
         state.step, since_check = state.step + 1, since_check + 1
         if state.step % cfg.check_every and not (final_evaluation and state.step == cfg.max_steps):
             continue
@@ -134,7 +142,7 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
         minibatch_sum.zero_()
         since_check = 0
         with precision:
-            loss, exact = check_training_loss(cfg, state, model, data, minibatch_loss, final_evaluation)
+            loss, exact = check_training_loss(cfg, state, model, data, minibatch_loss, window, final_evaluation)
         action = next_action(loss, state.halved_at is not None, l_star, l_star_star) if loss is not None \
             else Action.CONTINUE
         if action is Action.HALVE:
@@ -146,7 +154,7 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
             state.curve[key].append(value)
         state.check_s += time.perf_counter() - t_check
         if progress:
-            progress(state.step, minibatch_loss if loss is None else loss)
+            progress(state.step, loss_text(loss, exact, minibatch_loss))
         if action is Action.STOP:
             state.status = "converged"
             break
@@ -156,29 +164,46 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
         if checkpoint and time.perf_counter() - last_save >= checkpoint_every_s and state.step < cfg.max_steps:
             state.wall_before += time.perf_counter() - t_start
             t_start = time.perf_counter()
+            state.window = window.state_dict() if window is not None else None
             save_checkpoint(checkpoint, cfg.run_id, model, optimizer, sampler, asdict(state))
             last_save = time.perf_counter()
 
     loop_s = time.perf_counter() - t_loop
     if save_weights:
         torch.save(model.state_dict(), save_weights)
-    test_loss = test_acc = float("nan")
+    test_loss = test_acc = train_loss_full = float("nan")
     if final_evaluation:
         with precision:
             test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.check_chunk)
-    return make_record(cfg, data, state, device, test_loss, test_acc,
-                       wall_s=state.wall_before + time.perf_counter() - t_start, loop_s=loop_s)
+            if window is not None and state.status != "diverged":  # L(w) of Eq. (1) beside the reading used
+                train_loss_full = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk).value
+    record = make_record(cfg, data, state, device, test_loss, test_acc,
+                         wall_s=state.wall_before + time.perf_counter() - t_start, loop_s=loop_s)
+    if window is not None:
+        record["train_loss_full"] = finite_or_none(train_loss_full)
+    return record
+
+
+def loss_text(loss: float | None, exact: bool, minibatch_loss: float) -> str:
+    """What a check found: the training loss, a lower bound of it (early exit), or only the minibatch mean."""
+    if loss is None:
+        return f"L_B~{minibatch_loss:.4g}"
+    return f"L={loss:.4g}" if exact else f"L>={loss:.4g}"
 
 
 def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module, data: datasets.Data,
-                        minibatch_loss: float, exact_at_end: bool = True) -> tuple[float | None, bool]:
-    """One check: L(w) over the training set, a lower bound of it (early exit), or None (gated).
+                        minibatch_loss: float, window: EpochWindow | None = None,
+                        exact_at_end: bool = True) -> tuple[float | None, bool]:
+    """One check of "the training loss": by default L(w) over the training set, a lower bound of it (early
+    exit) or None (gated); with --stop-loss epoch_mean / ne_epoch_mean, the mean over the last epoch.
 
     README, 'Loss checks': the cheap running estimate gates the full pass; the pass stops early once its
     partial sum proves L is above the next target; the last step always gets an exact value.
     """
     if not math.isfinite(minibatch_loss):  # the weights are gone
         return float("nan"), True
+    if window is not None:
+        return window.mean(ne=cfg.effective_stop_loss == "ne_epoch_mean"), True
     l_star, l_star_star = cfg.target_losses
     target = l_star_star if state.halved_at is not None else l_star
     final = exact_at_end and state.step == cfg.max_steps
@@ -207,6 +232,8 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "lr": cfg.learning_rate,
         "precision": cfg.precision,
         "reference": cfg.reference,
+        "stop_loss": cfg.effective_stop_loss,
+        "sampling": cfg.effective_sampling,
         "check_every": cfg.check_every,
         "subset": cfg.subset,
         "n_train": data.n_train,

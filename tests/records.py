@@ -5,8 +5,8 @@ import json
 from nerepro import RunConfig
 
 
-def record(network, alpha, batch_size, seed, test_acc=90.0, steps=1000, status="converged", wall_s=10.0):
-    cfg = RunConfig(network, float(alpha), batch_size, seed=seed)
+def record(network, alpha, batch_size, seed, test_acc=90.0, steps=1000, status="converged", wall_s=10.0, **settings):
+    cfg = RunConfig(network, float(alpha), batch_size, seed=seed, **settings)
     converged = status == "converged"
     return {
         "run_id": cfg.run_id, "network": network, "dataset": cfg.dataset, "alpha": float(alpha),

@@ -99,3 +99,18 @@ def test_noise_command(fake_fmnist_root, tmp_path):
     bad = runner.invoke(app, ["noise", "--network", "F1", "--batch-size", "20", "--alphas", "x", "--data-dir",
                               str(fake_fmnist_root)])
     assert bad.exit_code == 2 and "--alphas" in bad.stderr
+
+
+def test_kurtosis_sum_rule_on_a_heavy_tailed_problem():
+    """NE's excess kurtosis falls with alpha as (a^4 + (1 - a)^4) / (a^2 + (1 - a)^2)^2 times alpha = 1's,
+    while plain SGD's at B_eff grows: the measured values follow those rules on a heavy-tailed problem."""
+    torch.manual_seed(1)
+    model = nn.Linear(10, 3)
+    x = torch.randn(N, 10) * torch.distributions.StudentT(3.0).sample((N, 1)).abs()  # heavy-tailed inputs
+    y = torch.randint(0, 3, (N,))
+    drawn = draw_noise(model, x, y, 20, [1.0, 3.0], draws=3000, seed=0, sketch_dim=16)
+    table = summarize_noise(drawn, 20, [1.0, 3.0]).set_index(["kind", "alpha"])
+    ne, plain = table.loc[("NE", 3.0)], table.loc[("plain", 3.0)]
+    assert table.loc[("NE", 1.0), "kurtosis_random"] > 1  # the problem is heavy-tailed
+    assert ne["kurtosis_random"] < table.loc[("NE", 1.0), "kurtosis_random"] < plain["kurtosis_random"]
+    assert ne["kurtosis_random"] == pytest.approx(ne["kurtosis_random_theory"], rel=0.3)

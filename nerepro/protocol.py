@@ -1,0 +1,93 @@
+"""`nerepro protocol`: which reading of the paper's open choices reproduces its F1 numbers.
+
+configs/protocol.toml runs the F1 rows of Table 2 (alpha = 1 at B = 900, alpha = 1.5 at B = 2000) and of
+Table 3 (alpha = 3 at B = 5000) under every combination of --stop-loss and --sampling. A reading is
+within the paper when |ours - paper| <= 2 x the paper's std, for test accuracy and convergence steps
+(Table 3 gives no steps: accuracy only there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .paper import table_2, table_3
+from .report import Results, summarize
+from .tables import _num, _pm, markdown
+
+POINTS = (("F1", 1.0, 900), ("F1", 1.5, 2000), ("F1", 3.0, 5000))
+WITHIN = 2.0  # paper standard deviations
+
+
+def paper_values() -> dict:
+    """(network, alpha, B) -> paper's test accuracy (mean, std) and convergence steps (mean, std) or None."""
+    values = {}
+    for r in table_2():
+        values[(r["network"], float(r["alpha"]), int(r["b_opt"]))] = (
+            (float(r["test_acc_mean"]), float(r["test_acc_std"])),
+            (float(r["convergence_steps_mean"]), float(r["convergence_steps_std"])))
+    for r in table_3():
+        key = (r["network"], float(r["alpha"]), int(r["batch_size"]))
+        values.setdefault(key, ((float(r["test_acc_mean"]), float(r["test_acc_std"])), None))
+    return values
+
+
+def protocol_table(results: Results) -> pd.DataFrame:
+    stats = summarize(results.runs).set_index(["network", "alpha", "batch_size"])
+    paper = paper_values()
+    rows = []
+    for variant in results.variants():
+        for point in POINTS:
+            group = stats[stats["variant"] == variant] if len(stats) else stats
+            if point not in group.index:
+                continue
+            s = group.loc[point]
+            acc, steps = paper[point]
+            row = {"reading": variant, "network": point[0], "alpha": point[1], "batch_size": point[2],
+                   "n": s["n"], "n_runs": s["n_runs"], "test_acc_mean": s["test_acc_mean"], "test_acc_std": s["test_acc_std"],
+                   "convergence_steps_mean": s["convergence_steps_mean"],
+                   "convergence_steps_std": s["convergence_steps_std"], "paper_test_acc_mean": acc[0],
+                   "paper_test_acc_std": acc[1], "paper_convergence_steps_mean": steps[0] if steps else np.nan,
+                   "paper_convergence_steps_std": steps[1] if steps else np.nan}
+            row["test_acc_diff_in_paper_std"] = (row["test_acc_mean"] - acc[0]) / acc[1]
+            row["steps_diff_in_paper_std"] = (row["convergence_steps_mean"] - steps[0]) / steps[1] if steps else np.nan
+            diffs = [row["test_acc_diff_in_paper_std"]] + ([row["steps_diff_in_paper_std"]] if steps else [])
+            row["within_2_std"] = bool(row["n"] > 0 and all(abs(d) <= WITHIN for d in diffs))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_protocol(results: Results, out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    table = protocol_table(results)
+    table.to_csv(out / "protocol.csv", index=False)
+    head = ["reading", "α, B", "n conv/runs", "convergence steps", "paper", "Δ/σ", "test acc (%)", "paper", "Δ/σ",
+            "within 2σ"]
+    rows = [[r["reading"], f"{r['alpha']:g}, {r['batch_size']}", f"{int(r['n'])}/{int(r['n_runs'])}",
+             _pm(r["convergence_steps_mean"], r["convergence_steps_std"], 0),
+             _pm(r["paper_convergence_steps_mean"], r["paper_convergence_steps_std"], 0),
+             _num(r["steps_diff_in_paper_std"], "+.1f"), _pm(r["test_acc_mean"], r["test_acc_std"], 2),
+             _pm(r["paper_test_acc_mean"], r["paper_test_acc_std"], 2), _num(r["test_acc_diff_in_paper_std"], "+.1f"),
+             "yes" if r["within_2_std"] else "no"] for _, r in table.iterrows()]
+    lines = ["# Which reading reproduces the paper's F1 numbers", "",
+             "F1 rows of Table 2 (alpha = 1, B = 900; alpha = 1.5, B = 2000) and Table 3 (alpha = 3, B = 5000) under "
+             "each reading of 'the training loss' (`stop_loss`) and of the sampling of B and B' (`sampling`); "
+             "'paper protocol' is nerepro's default (full, independent). Within 2σ: |ours − paper| ≤ 2 × the "
+             "paper's std for convergence steps and test accuracy (Table 3 gives no steps).", "",
+             markdown(head, rows) if rows else "_no runs at these points_", ""]
+    if len(table):
+        lines.append("## Verdict per reading")
+        lines.append("")
+        for reading, group in table.groupby("reading", sort=False):
+            inside = int(group["within_2_std"].sum())
+            n_min = int(group["n"].min())
+            lines.append(f"- {reading}: within 2σ at {inside} of {len(group)} points present "
+                         f"(of {len(POINTS)}; n ≥ {n_min} converged seeds per point" +
+                         (", fewer than the paper's 10" if n_min < 10 else "") + ").")
+    if results.notes:
+        lines += ["", "## Notes on the data", ""] + [f"- {n}" for n in results.notes]
+    text = "\n".join(lines) + "\n"
+    (out / "protocol.md").write_text(text)
+    return text
