@@ -19,7 +19,8 @@ def save_checkpoint(path: Path, run_id: str, model, optimizer, sampler, state: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        torch.save({"format": FORMAT, "run_id": run_id, "model": model.state_dict(),
+        device_type = next(model.parameters()).device.type
+        torch.save({"format": FORMAT, "run_id": run_id, "device_type": device_type, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "state": state}, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -41,5 +42,8 @@ def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | Non
         return None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("run_id") != run_id:
         warnings.warn(f"ignoring checkpoint {path}: it belongs to another run or version")
+        return None
+    if saved.get("device_type") != device.type:  # generator states and kernels differ between devices
+        warnings.warn(f"ignoring checkpoint {path}: written on {saved.get('device_type')}, running on {device.type}")
         return None
     return saved

@@ -67,9 +67,9 @@ def _rows_spearman(alphas: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_trends(runs: pd.DataFrame, alphas: list[float], sizes: list[int], seed: int = 0,
-                     resamples: int = BOOTSTRAP) -> dict[str, np.ndarray] | None:
+                     resamples: int = BOOTSTRAP) -> dict[str, np.ndarray]:
     """Resample seeds within each (alpha, B) cell; per resample, B_opt for each alpha and the steps and
-    samples at it. Returns arrays (resamples x alphas), or None if a cell has fewer than 2 converged runs."""
+    samples at it. Returns arrays (resamples x alphas); a cell with one converged run stays at its value."""
     rng = np.random.default_rng(seed)
     acc, steps, samples = (np.full((resamples, len(alphas), len(sizes)), np.nan) for _ in range(3))
     for i, alpha in enumerate(alphas):
@@ -77,8 +77,6 @@ def bootstrap_trends(runs: pd.DataFrame, alphas: list[float], sizes: list[int], 
             cell = runs[(runs["alpha"] == alpha) & (runs["batch_size"] == b) & (runs["status"] == "converged")]
             if cell.empty:
                 continue
-            if len(cell) < 2:
-                return None
             idx = rng.integers(0, len(cell), (resamples, len(cell)))
             for target, metric in ((acc, "test_acc"), (steps, "convergence_steps"), (samples, "samples_processed")):
                 target[:, i, j] = cell[metric].to_numpy(float)[idx].mean(axis=1)
@@ -110,7 +108,8 @@ def claims(results: Results, variant: str) -> list[Claim]:
         # (b), (c): trends of B_opt and of convergence time at B_opt over alpha
         alphas = list(rows["alpha"])
         sizes = grid_batch_sizes(sorted(net_runs["batch_size"].unique()))
-        boot = bootstrap_trends(net_runs, alphas, sizes) if len(alphas) >= 2 else None
+        enough = len(alphas) >= 2 and rows["n"].min() >= 2  # at least 2 converged seeds at every B_opt
+        boot = bootstrap_trends(net_runs, alphas, sizes) if enough else None
         n_text = f"{len(alphas)} alphas, {int(rows['n'].min()) if len(rows) else 0}+ seeds at B_opt"
         trends = [("b", "B_opt", "b_opt", list(rows["b_opt"]), +1),
                   ("c", "convergence steps at B_opt", "convergence_steps", list(rows["convergence_steps_mean"]), -1),

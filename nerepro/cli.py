@@ -85,7 +85,8 @@ def train(
     save_weights: Annotated[bool, typer.Option(
         help="Also write the final weights to DIR/<run_id>.weights.pt (for `nerepro noise --weights`).")] = False,
     full_checks: Annotated[bool, typer.Option(
-        help="Evaluate the whole training set at every check (no early exit; same decisions, slower).")] = False,
+        help="Full checks evaluate the whole training set (no early exit; same decisions, slower). With "
+             "--check-gate 0 every check is such a pass.")] = False,
     device: Device = "auto",
     data_dir: DataDir = None,
     out: Annotated[Path, typer.Option(help="Directory for the record <run_id>.json.")] = Path("results/runs"),
@@ -320,9 +321,9 @@ def noise(
 
     Example: nerepro noise --network F1 --batch-size 500 --alphas 1,1.5,2,3 --draws 400 --out R/noise
     """
+    import math
     import time
 
-    from . import data as datasets
     from .config import RunConfig
     from .errors import ConfigError
     from .models import build_model, ghost_batch_sizes
@@ -333,8 +334,10 @@ def noise(
         alpha_list = sorted({1.0, *(float(a) for a in alphas.split(","))})
     except ValueError:
         raise ConfigError(f"--alphas takes comma-separated numbers, got {alphas!r}") from None
-    if draws < 10:
-        raise ConfigError("--draws must be at least 10")
+    if not all(math.isfinite(a) for a in alpha_list):
+        raise ConfigError(f"--alphas must be finite numbers, got {alphas!r}")
+    if draws < 10 or sketch_dim < 1:
+        raise ConfigError("--draws must be at least 10 and --sketch-dim at least 1")
     cfg = RunConfig(network=network, alpha=max(alpha_list), batch_size=batch_size, seed=seed, subset=subset)
     dev = resolve_device(device)
     data = prepare_data(cfg, None, dev, str(data_dir) if data_dir else None)

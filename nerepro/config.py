@@ -101,7 +101,8 @@ class RunConfig:
         """
         l_star, l_star_star = self.target_losses
         effective = {**{k: getattr(self, k) for k in LATER_FIELDS}, "stop_loss": self.effective_stop_loss,
-                     "sampling": self.effective_sampling}
+                     "sampling": self.effective_sampling,
+                     "reference": self.reference if self.alpha != 1 else "minibatch"}  # alpha = 1 uses no reference
         later = {k: v for k, v in effective.items() if v != LATER_FIELDS[k]}
         return {**later, **{
             "network": self.network,
@@ -133,6 +134,12 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def record_config(self) -> dict:
+        """Every field as run: defaults resolved (L*, L**, lr) and the readings as they take effect."""
+        effective = {"stop_loss": self.effective_stop_loss, "sampling": self.effective_sampling,
+                     "reference": self.reference if self.alpha != 1 else "minibatch"}
+        return {**self.to_dict(), **effective, **self.result_fields()}
+
 
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot run, with a message that names the fix (exit 2 at the CLI)."""
@@ -140,6 +147,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown network {cfg.network!r}: choose one of {', '.join(NETWORKS)}")
     if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not math.isfinite(cfg.alpha):
         raise ConfigError(f"alpha must be a finite number, got {cfg.alpha!r}: pass e.g. --alpha 1.5")
+    for name in ("lr", "adam_eps", "l_star", "l_star_star", "bn_eps", "bn_momentum", "check_gate", "check_budget"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ConfigError(f"{name.replace('_', '-')} must be a finite number, got {value!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    if cfg.adam_eps < 0 or cfg.bn_eps <= 0 or not 0 <= cfg.bn_momentum <= 1:
+        raise ConfigError(f"need adam-eps >= 0, bn-eps > 0 and 0 <= bn-momentum <= 1, got {cfg.adam_eps}, "
+                          f"{cfg.bn_eps}, {cfg.bn_momentum}")
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {cfg.batch_size!r}")
     if cfg.uses_ghost_batch_norm and cfg.batch_size % cfg.ghost_batch_size:
@@ -153,10 +170,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"learning rate must be a positive finite number, got {cfg.lr!r}")
     for name in ("check_every", "max_steps", "ghost_batch_size", "check_chunk"):
         value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
     if cfg.subset is not None and (not isinstance(cfg.subset, int) or cfg.subset < 1):
         raise ConfigError(f"subset must be a positive number of samples, got {cfg.subset!r}")
+    if cfg.uses_ghost_batch_norm and cfg.check_chunk % cfg.ghost_batch_size:
+        raise ConfigError(f"check chunk {cfg.check_chunk} must be a multiple of the ghost-batch size "
+                          f"{cfg.ghost_batch_size}")
+    if cfg.uses_ghost_batch_norm and cfg.subset is not None and cfg.subset % cfg.ghost_batch_size:
+        raise ConfigError(f"subset {cfg.subset} must be a multiple of the ghost-batch size {cfg.ghost_batch_size} "
+                          f"for {cfg.network}")
     if cfg.subset is not None and cfg.batch_size > cfg.subset:
         raise ConfigError(f"batch size {cfg.batch_size} exceeds the training subset of {cfg.subset}: lower one")
     if cfg.precision not in PRECISIONS:
@@ -172,7 +195,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown reference {cfg.reference!r}: choose one of {', '.join(REFERENCES)}")
     if cfg.compile not in COMPILE_MODES:
         raise ConfigError(f"unknown compile mode {cfg.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
-    if not (math.isfinite(cfg.check_gate) and cfg.check_gate >= 0 and 0 <= cfg.check_budget <= 1):
+    if not (cfg.check_gate >= 0 and 0 <= cfg.check_budget <= 1):
         raise ConfigError(f"need check gate >= 0 and 0 <= check budget <= 1, got {cfg.check_gate}, {cfg.check_budget}")
     l_star, l_star_star = cfg.target_losses
     if not (0 < l_star_star <= l_star):

@@ -40,7 +40,9 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found: check the path (configs/ holds the paper's)") from None
-    except tomllib.TOMLDecodeError as e:
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror or e}): check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML ({e}): fix the file") from None
 
 
@@ -51,6 +53,9 @@ def _expand_file(path: Path, seeds: int | None, overrides: dict, seen: tuple) ->
     unknown = set(doc) - FILE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(FILE_KEYS))}")
+    if not isinstance(doc.get("include", []), list) or not isinstance(doc.get("settings", {}), dict) \
+            or not (isinstance(doc.get("grid", []), list) and all(isinstance(g, dict) for g in doc.get("grid", []))):
+        raise ConfigError(f"{path}: include must be a list, [settings] a table and each grid a [[grid]] table")
     runs = []
     for inc in doc.get("include", []):
         runs += _expand_file(path.parent / inc, seeds, overrides, seen + (path.resolve(),))
@@ -87,7 +92,7 @@ def _expand_grid(path: Path, index: int, grid: dict, settings: dict, seeds: list
             fields["alpha"] = float(fields["alpha"])
         try:
             runs.append(RunConfig(**fields))
-        except ConfigError as e:
+        except (ConfigError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}, grid {index + 1}: {e}") from None
     return runs
 

@@ -247,7 +247,7 @@ def load_weights(model: nn.Module, path) -> nn.Module:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"] if isinstance(saved, dict) and "model" in saved else saved)
-    except (OSError, RuntimeError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - unreadable, not a pickle, or another network's weights
         raise ConfigError(f"cannot load weights from {path} ({type(e).__name__}): pass a file written by "
                           "`nerepro train --save-weights` or a checkpoint of the same network") from None
     return model

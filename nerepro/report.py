@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import LATER_FIELDS, RunConfig
 from .errors import ResultsError
-from .results import load_records, records_frame
+from .results import IDENTITY, load_records, records_frame, variant_aliases
 
 PAPER_B_GRID = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 2000, 3000, 5000)
 PAPER_SEEDS = 10
 LARGE_B = 5000  # Table 3 / Fig. 3: "with NE" is large-batch training at B = 5000
-IDENTITY = ("network", "alpha", "batch_size", "seed")
 METRICS = ("test_acc", "convergence_steps", "samples_processed", "wall_s")
 
 
@@ -35,28 +33,18 @@ class Results:
         return list(self.runs["variant"].value_counts().index)
 
 
-def variant_of(record: dict) -> str:
-    """The settings of a record that differ from the paper's defaults, besides network, alpha, B and seed."""
-    config = record.get("config") or {}
-    try:
-        default = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"])).result_fields()
-    except Exception:  # noqa: BLE001 - an odd record still gets reported, as its own variant
-        return "unknown settings"
-    default = {**LATER_FIELDS, **default}  # fields added later are omitted from result_fields at their default
-    diffs = [f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
-             for k in default if k not in IDENTITY and k in config and config[k] != default[k]]
-    return ", ".join(diffs) or "paper protocol"
-
-
 def load_results(root: Path | str) -> Results:
     """Records from DIR/runs/*.json, else DIR/runs.csv; ResultsError only if there is nothing at all."""
     root = Path(root)
     records, notes = load_records(root) if (root / "runs").is_dir() or list(root.glob("*.json")) else ([], [])
     if records:
         frame = records_frame(records)
-        frame["variant"] = [variant_of(r) for r in records]
     elif (root / "runs.csv").is_file():
-        frame = pd.read_csv(root / "runs.csv")
+        try:
+            frame = pd.read_csv(root / "runs.csv")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ResultsError(f"{root / 'runs.csv'} cannot be read ({type(e).__name__}): rebuild it with "
+                               "`nerepro collect`") from None
         if "variant" not in frame:
             frame["variant"] = "as collected"
     else:
@@ -68,9 +56,10 @@ def load_results(root: Path | str) -> Results:
                            "`nerepro collect`")
     if frame.empty:
         raise ResultsError(f"no usable records under {root}: every record was skipped ({len(notes)} notes)")
-    for column in METRICS:
+    for column in (*METRICS, "dataset"):
         if column not in frame:
             frame[column] = np.nan
+    frame = variant_aliases(frame)
     return Results(frame, notes + coverage_notes(frame))
 
 

@@ -19,12 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import LATER_FIELDS, RunConfig
 from .errors import ResultsError
 from .record import read_record, remove_stale_temp_files, write_json_atomic
 
 # runs.csv: every scalar field of a record, plus these settings and provenance fields (README, 'runs.csv')
 CONFIG_COLUMNS = ("max_steps", "l_star", "l_star_star")
 PROVENANCE_COLUMNS = ("device", "git_commit", "git_dirty", "torch", "nerepro")
+IDENTITY = ("network", "alpha", "batch_size", "seed")
+# At alpha = 1 these readings coincide (config.py): such runs also belong to the variant naming the other
+ALPHA_ONE_ALIASES = (("stop_loss=epoch_mean", "stop_loss=ne_epoch_mean"), ("sampling=epoch", "sampling=paired"))
 
 
 class ResultsDir:
@@ -117,11 +121,41 @@ def load_records(root: Path | str) -> tuple[list[dict], list[str]]:
     return records, notes
 
 
+def variant_of(record: dict) -> str:
+    """The settings of a record that differ from the paper's defaults, besides network, alpha, B and seed:
+    the report never pools runs of different variants."""
+    config = record.get("config") or {}
+    try:
+        default = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"])).result_fields()
+    except Exception:  # noqa: BLE001 - an odd record still gets reported, as its own variant
+        return "unknown settings"
+    default = {**LATER_FIELDS, **default}  # fields added later are omitted from result_fields at their default
+    diffs = [f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
+             for k in default if k not in IDENTITY and k in config and config[k] != default[k]]
+    return ", ".join(diffs) or "paper protocol"
+
+
+def variant_aliases(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add a copy of each alpha = 1 run to every variant it also stands for (ne_epoch_mean, paired), when
+    runs with alpha != 1 of that variant exist, so those variants have their alpha = 1 rows."""
+    present = set(frame.loc[frame["alpha"] != 1, "variant"])
+    copies = []
+    for _, row in frame[frame["alpha"] == 1].iterrows():
+        labels = {row["variant"]}
+        for plain, alias in ALPHA_ONE_ALIASES:
+            labels |= {label.replace(plain, alias) for label in labels}
+        for label in labels - {row["variant"]}:
+            if label in present:
+                copies.append(row.copy().to_dict() | {"variant": label})
+    return pd.concat([frame, pd.DataFrame(copies)], ignore_index=True) if copies else frame
+
+
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per record: its scalar fields and the provenance columns; no curve."""
+    """One row per record: its scalar fields, its variant and the provenance columns; no curve."""
     rows = []
     for r in records:
         row = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+        row["variant"] = variant_of(r)
         config = r.get("config") or {}
         row.update({k: config.get(k) for k in CONFIG_COLUMNS})
         prov = r.get("provenance") or {}

@@ -13,6 +13,7 @@ import torch
 
 from . import data as datasets
 from .config import RunConfig
+from .errors import ConfigError
 from .record import provenance
 from .results import ResultsDir
 from .train import resolve_device, train
@@ -39,7 +40,7 @@ def error_record(cfg: RunConfig, exc: BaseException) -> dict:
         "run_id": cfg.run_id, "network": cfg.network, "alpha": float(cfg.alpha), "batch_size": cfg.batch_size,
         "seed": cfg.seed, "subset": cfg.subset, "status": "error", "error": f"{type(exc).__name__}: {exc}",
         "traceback": "".join(traceback.format_exception(exc))[-4000:],
-        "config": {**cfg.to_dict(), **cfg.result_fields()}, "provenance": provenance(torch.device("cpu")),
+        "config": cfg.record_config(), "provenance": provenance(torch.device("cpu")),
     }
 
 
@@ -98,8 +99,9 @@ def summarize(records: list[dict]) -> Counter:
 _WORKER: dict = {}  # per worker process: its device, data cache and event queue (set by _init_worker)
 
 
-def _init_worker(slot_queue, event_queue, threads: int, data_dir: str | None, checkpoint_every_s: float):
-    _die_with_parent()
+def _init_worker(slot_queue, event_queue, threads: int, data_dir: str | None, checkpoint_every_s: float,
+                 parent: int):
+    _die_with_parent(parent)
     device = slot_queue.get()
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
@@ -107,14 +109,14 @@ def _init_worker(slot_queue, event_queue, threads: int, data_dir: str | None, ch
     _WORKER.update(device=device, cache=DataCache(data_dir), events=event_queue, checkpoint_every_s=checkpoint_every_s)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Linux: the kernel kills this worker when the sweep's process dies, even by SIGKILL."""
     try:
         import ctypes
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:
+        if os.getppid() != parent:  # the sweep died before the signal was armed
             os._exit(1)
     except (OSError, AttributeError):
         pass
@@ -165,14 +167,23 @@ def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", 
         for name in names:
             slot_queue.put(name)
         pool = ProcessPoolExecutor(len(names), mp_context=ctx, initializer=_init_worker,
-                                   initargs=(slot_queue, event_queue, threads, data_dir, checkpoint_every_s))
+                                   initargs=(slot_queue, event_queue, threads, data_dir, checkpoint_every_s,
+                                             os.getpid()))
         try:
             futures = {pool.submit(_worker_run, cfg, str(results.root)) for cfg in todo}
             while futures:
                 done, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
                 _drain(event_queue, on_event, queue.Empty)
                 for fut in done:
-                    record = fut.result()
+                    try:
+                        record = fut.result()
+                    except BrokenProcessPool:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - e.g. a record that could not be written
+                        results.log(f"failed:{type(e).__name__}")
+                        if on_event:
+                            on_event("note", {"message": f"a run failed outside training: {type(e).__name__}: {e}"})
+                        continue
                     if record is not None:
                         finished.append(record)
                         if on_event:
@@ -211,10 +222,16 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
             max_retries: int = 3) -> list[dict]:
     """Each run a Ray task (a GPU fraction each where the cluster has GPUs), retried when its worker is lost."""
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the Ray executor needs Ray: pip install -e '.[ray]' (or use --executor local)") from None
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"cannot reach a Ray cluster at {address!r} ({str(e).splitlines()[0]}): start one "
+                              "with `ray start --head` or drop --address for a local one") from None
     gpus = gpus_per_run if ray.cluster_resources().get("GPU", 0) > 0 else 0
     task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=gpus, max_retries=max_retries)
     refs = {task.remote(cfg, str(results.root), data_dir, checkpoint_every_s): cfg for cfg in runs}
@@ -229,7 +246,10 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
                 record = error_record(cfg, e)
             if record is None:
                 continue
-            results.write(record)
+            with results.claim(cfg.run_id) as mine:  # never over a record another sweep wrote meanwhile
+                if not mine or (record["status"] == "error" and cfg.run_id in results.done()):
+                    continue
+                results.write(record)
             finished.append(record)
             if on_event:
                 on_event("done", record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ class RunState:
     status: str = "not_converged"
     check_s: float = 0.0  # wall time spent in loss checks
     check_samples: int = 0  # samples forwarded by full-training-set checks (their cost)
+    check_passes: int = 0  # full checks started; the budget counts them as whole passes (see check_training_loss)
     wall_before: float = 0.0  # wall time of earlier segments of a resumed run
     resumes: int = 0
     window: dict | None = None  # the EpochWindow of the epoch_mean readings, at the checkpoint
@@ -104,13 +106,7 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     state = RunState()
     saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
     if saved:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(saved["sampler"])
-        state = RunState(**saved["state"])
-        state.resumes += 1
-        if window is not None:
-            window.load_state_dict(state.window)
+        state = restore(saved, model, optimizer, sampler, window)
     l_star, l_star_star = cfg.target_losses
     last_save = time.perf_counter()
 
@@ -184,6 +180,25 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     return record
 
 
+def restore(saved: dict, model, optimizer, sampler, window: EpochWindow | None) -> RunState:
+    """A checkpoint's state loaded into the run's objects; one that does not fit starts the run over."""
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    try:  # the likeliest misfits first, before anything is changed
+        state = RunState(**saved["state"])
+        if window is not None:
+            window.load_state_dict(state.window)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        sampler.load_state_dict(saved["sampler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        warnings.warn(f"ignoring a checkpoint that does not fit this run ({type(e).__name__}); starting over")
+        model.load_state_dict(fresh)
+        optimizer.state.clear()
+        return RunState()
+    state.resumes += 1
+    return state
+
+
 def loss_text(loss: float | None, exact: bool, minibatch_loss: float) -> str:
     """What a check found: the training loss, a lower bound of it (early exit), or only the minibatch mean."""
     if loss is None:
@@ -208,8 +223,11 @@ def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module,
     target = l_star_star if state.halved_at is not None else l_star
     final = exact_at_end and state.step == cfg.max_steps
     allowance = cfg.check_budget * 3 * state.step * cfg.samples_per_step(data.n_train)  # backward ~ 2 forwards
-    if not (final or full_check_due(minibatch_loss, target, cfg.check_gate, state.check_samples, allowance)):
+    # the budget charges every check a whole pass, so early exit and chunking never change which checks run
+    spent = state.check_passes * data.n_train
+    if not (final or full_check_due(minibatch_loss, target, cfg.check_gate, spent, allowance)):
         return None, False
+    state.check_passes += 1
     stop_at = target if cfg.check_early_exit and not final else None
     loss, exact, evaluated = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk, stop_at)
     state.check_samples += evaluated
@@ -231,7 +249,7 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "optimizer": cfg.optimizer,
         "lr": cfg.learning_rate,
         "precision": cfg.precision,
-        "reference": cfg.reference,
+        "reference": cfg.record_config()["reference"],
         "stop_loss": cfg.effective_stop_loss,
         "sampling": cfg.effective_sampling,
         "check_every": cfg.check_every,
@@ -250,7 +268,7 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "check_s": state.check_s,
         "check_samples": state.check_samples,
         "resumes": state.resumes,
-        "config": {**cfg.to_dict(), **cfg.result_fields()},
+        "config": cfg.record_config(),
         "provenance": {**provenance(device), "compile": fastpath.compile_mode(cfg.compile, device)},
         "curve": state.curve,
     }

@@ -13,7 +13,7 @@ def record(network, alpha, batch_size, seed, test_acc=90.0, steps=1000, status="
         "batch_size": batch_size, "seed": seed, "status": status, "test_acc": test_acc,
         "convergence_steps": steps if converged else None, "steps": steps,
         "samples_processed": steps * cfg.samples_per_step(60000), "wall_s": wall_s,
-        "config": {**cfg.to_dict(), **cfg.result_fields()}, "provenance": {"device": "test"}, "curve": {},
+        "config": cfg.record_config(), "provenance": {"device": "test"}, "curve": {},
     }
 
 

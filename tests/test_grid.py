@@ -91,3 +91,17 @@ def test_run_id_is_pinned():
 
     assert RunConfig("F1", 1.5, 2000).run_id == "F1-a1.5-b2000-s0-d9cb3e3471"
     assert RunConfig("C1", 2.0, 300, seed=7).run_id == "C1-a2-b300-s7-88da5ee867"
+
+
+@pytest.mark.parametrize("text", ['[[grid]]\nnetwork = "F1"\nalpha = 1\nbatch_size = 100\nlr = "x"\n',
+                                  '[grid]\nnetwork = "F1"\n', 'settings = 3\n'])
+def test_malformed_configs_are_config_errors(tmp_path, text):
+    cfg = tmp_path / "odd.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match="odd.toml"):
+        load_grid([cfg])
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_grid([tmp_path])

@@ -122,3 +122,19 @@ def test_protocol_report_says_which_reading_matches(tmp_path):
     assert epoch["within_2_std"].all() and len(epoch) == 3  # Table 3's point is judged on accuracy only
     text = write_protocol(results, tmp_path / "out")
     assert "stop_loss=epoch_mean: within 2σ at 3 of 3 points" in text and "fewer than the paper's 10" in text
+
+
+def test_alpha_one_runs_serve_the_readings_they_coincide_with(tmp_path):
+    """At alpha = 1, ne_epoch_mean runs are epoch_mean runs: the ne_epoch_mean variant still gets its
+    alpha = 1 row (Table 2's baseline), without training it twice."""
+    from nerepro.report import load_results
+    from nerepro.tables import table_2
+    from records import record, write
+
+    recs = [record("F1", 1.0, 900, s, 90.0, 10000, stop_loss="ne_epoch_mean", sampling="paired") for s in range(2)]
+    recs += [record("F1", 1.5, 2000, s, 90.3, 8000, stop_loss="ne_epoch_mean", sampling="paired") for s in range(2)]
+    results = load_results(write(tmp_path / "r", recs))
+    variant = "stop_loss=ne_epoch_mean, sampling=paired"
+    assert variant in results.variants()
+    assert sorted(table_2(results, variant)["alpha"]) == [1.0, 1.5]
+    assert recs[0]["config"]["stop_loss"] == "epoch_mean" and recs[0]["config"]["sampling"] == "epoch"

@@ -169,3 +169,17 @@ def test_ray_executor_matches_local(tmp_path, fake_fmnist_root, monkeypatch):
         a, b = read_record(local.record_path(cfg.run_id)), read_record(remote.record_path(cfg.run_id))
         assert strip(a) == strip(b)
         assert a["status"] != "error"
+
+
+def test_checkpoint_from_another_device_is_ignored(tmp_path):
+    data = synthetic_data()
+    cfg = RunConfig(network="F1", alpha=1.0, batch_size=50, check_every=10, max_steps=20, device="cpu")
+    ckpt = tmp_path / "x.pt"
+    with pytest.raises(ZeroDivisionError):
+        train(cfg, data=data, checkpoint=ckpt, checkpoint_every_s=0, progress=lambda step, loss: step // (20 - step))
+    saved = torch.load(ckpt, weights_only=False)
+    saved["device_type"] = "cuda"  # as if the sweep had run on a GPU before
+    torch.save(saved, ckpt)
+    with pytest.warns(UserWarning, match="written on cuda"):
+        record = train(cfg, data=data, checkpoint=ckpt, checkpoint_every_s=1e9)
+    assert record["resumes"] == 0 and strip(record) == strip(train(cfg, data=data))
