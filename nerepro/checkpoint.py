@@ -43,7 +43,7 @@ def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | Non
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("run_id") != run_id:
         warnings.warn(f"ignoring checkpoint {path}: it belongs to another run or version")
         return None
-    if saved.get("device_type") != device.type:  # generator states and kernels differ between devices
+    if saved.get("device_type", device.type) != device.type:  # generator states and kernels differ by device
         warnings.warn(f"ignoring checkpoint {path}: written on {saved.get('device_type')}, running on {device.type}")
         return None
     return saved
