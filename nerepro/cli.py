@@ -132,6 +132,7 @@ def sweep(
                                                        "files run once.")],
     results: Annotated[Path, typer.Option(help="Results directory; records go to DIR/runs/.")],
     seeds: Annotated[Optional[int], typer.Option(help="Override the configs' seed count (seeds 0..N-1).")] = None,
+    network: Annotated[Optional[list[str]], typer.Option(help="Only the runs of this network (repeatable).")] = None,
     dry_run: Annotated[bool, typer.Option(help="List the runs still to do and estimate their cost; train "
                                                "nothing.")] = False,
     device: Device = "auto",
@@ -163,6 +164,8 @@ def sweep(
     if workers_per_device is not None and workers_per_device < 1:
         raise ConfigError("--workers-per-device must be at least 1")
     runs = load_grid(configs, seeds)
+    if network:
+        runs = [c for c in runs if c.network in network]
     if shard:
         runs = take_shard(runs, *parse_shard(shard))
     store = ResultsDir(results)
