@@ -1,5 +1,6 @@
 # nerepro. `make test` on a fresh clone creates .venv, installs everything and runs the tests.
-#   make quick      a small real F1 sweep on Fashion-MNIST, then every table, figure and claim (2 CPU cores: ~10 min)
+#   make quick      a small real F1 sweep on Fashion-MNIST, then every table, figure and claim (2 CPU cores: ~12 min);
+#                   QUICK=results/quick-new trains afresh beside the committed results/quick
 #   make reproduce  the whole paper (configs/paper.toml) on this machine's GPUs; run again to resume
 #   make report     rebuild tables, figures and claims of RESULTS (default results/quick) from its records
 PYTHON ?= python3
@@ -8,6 +9,7 @@ PY := $(VENV)/bin/python
 NEREPRO := $(VENV)/bin/nerepro
 STAMP := $(VENV)/.installed
 RESULTS ?= results/quick
+QUICK ?= results/quick
 
 .PHONY: install test quick reproduce report
 
@@ -23,8 +25,8 @@ test: install
 
 quick: install
 	$(NEREPRO) data download fashion-mnist
-	$(NEREPRO) sweep configs/quick.toml --results results/quick
-	$(MAKE) report RESULTS=results/quick
+	$(NEREPRO) sweep configs/quick.toml --results $(QUICK)
+	$(MAKE) report RESULTS=$(QUICK)
 
 reproduce: install
 	$(NEREPRO) data download
