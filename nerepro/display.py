@@ -49,14 +49,20 @@ class RunProgress:
 class SweepDisplay:
     """Runs done / total with an ETA from the runs finished so far, and the latest run's step and loss."""
 
-    def __init__(self, total: int, interactive: bool | None = None):
+    def __init__(self, total: int, interactive: bool | None = None, every_s: float = 300.0):
         self.total, self.done, self.start = total, 0, time.time()
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.bar = tqdm(total=total, unit="run", dynamic_ncols=True) if self.interactive else None
+        self.every_s, self.last = every_s, time.time()
 
     def __call__(self, kind: str, payload: dict) -> None:
-        if kind == "check" and self.bar is not None:
-            self.bar.set_postfix_str(f"{payload['run_id']} step {payload['step']} {payload['loss']}")
+        if kind == "check":
+            status = f"{payload['run_id']} step {payload['step']} {payload['loss']}"
+            if self.bar is not None:
+                self.bar.set_postfix_str(status)
+            elif time.time() - self.last >= self.every_s:  # a sign of life in logs, every few minutes
+                self.last = time.time()
+                self._write(f"[{self.done}/{self.total}] running: {status}")
         elif kind == "note":
             self._write(payload["message"])
         elif kind == "done":

@@ -146,3 +146,17 @@ def test_python_dash_m_entry_point():
 
     out = subprocess.run([sys.executable, "-m", "nerepro", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout
+
+
+def test_sweep_display_in_logs(capsys):
+    from nerepro.display import SweepDisplay
+
+    display = SweepDisplay(2, interactive=False, every_s=0)
+    display("check", {"run_id": "r1", "step": 50, "loss": "L>=0.02"})
+    display("done", {"run_id": "r1", "status": "converged", "steps": 100, "train_loss": 0.0009, "test_acc": 90.0,
+                     "wall_s": 3.0})
+    display("done", {"run_id": "r2", "status": "error", "error": "ValueError: boom"})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[0/2] running: r1 step 50 L>=0.02"
+    assert lines[1].startswith("[1/2] r1: converged at step 100, train loss 0.0009, test acc 90.00%")
+    assert lines[2].startswith("[2/2] r2: error: ValueError: boom")
