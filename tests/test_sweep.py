@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import synthetic_data
+from conftest import REPO, synthetic_data
 from nerepro import RunConfig, train
 from nerepro.record import read_record
 from nerepro.results import ResultsDir
@@ -148,21 +148,26 @@ def test_dry_run_lists_runs_and_cost(tmp_path, fake_fmnist_root):
     assert "samples processed" in lines[-1] and not (tmp_path / "r").exists()
 
 
-def test_ray_executor_matches_local(tmp_path, fake_fmnist_root, monkeypatch):
+def test_ray_executor_matches_local(tmp_path, monkeypatch):
+    """configs/smoke.toml on a local in-process Ray cluster (on generated Fashion-MNIST-format files, with 600
+    training samples for smoke's subset of 500; shortened to 40 steps) gives the local executor's records."""
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    from conftest import write_fashion_mnist
     from nerepro.grid import load_grid
     from nerepro.sweep import run_ray
 
-    runs = load_grid([write_config(tmp_path / "grid.toml", GRID.replace("seeds = 2", "seeds = 1"))])
+    data_root = write_fashion_mnist(tmp_path / "data", n_train=600)
+    runs = load_grid([REPO / "configs" / "smoke.toml"], overrides={"max_steps": 40})
+    assert len(runs) == 4 and all(c.subset == 500 for c in runs)
     local, remote = ResultsDir(tmp_path / "local"), ResultsDir(tmp_path / "ray")
     for store in (local, remote):
         store.prepare()
     # one thread per run in both executors: CPU float results depend on the thread count
-    run_local(runs, local, device="cpu", workers_per_device=os.cpu_count(), data_dir=str(fake_fmnist_root))
+    run_local(runs, local, device="cpu", workers_per_device=os.cpu_count(), data_dir=str(data_root))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        run_ray(runs, remote, data_dir=str(fake_fmnist_root))
+        run_ray(runs, remote, data_dir=str(data_root))
     finally:
         ray.shutdown()
     for cfg in runs:
