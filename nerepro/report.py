@@ -29,8 +29,10 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
     def variants(self) -> list[str]:
-        """Protocol variants present, the one with most runs first ('paper protocol' = all defaults)."""
-        return list(self.runs["variant"].value_counts().index)
+        """Protocol variants present, the one with most runs first ('paper protocol' = all defaults), ties
+        with 'paper protocol' first, then by name."""
+        counts = self.runs["variant"].value_counts()
+        return sorted(counts.index, key=lambda v: (-counts[v], v != "paper protocol", v))
 
 
 def load_results(root: Path | str) -> Results:
