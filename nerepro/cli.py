@@ -174,7 +174,7 @@ def sweep(
         for cfg in todo:
             typer.echo(cfg.run_id)
         samples = sum(estimated_samples(c) for c in todo)
-        typer.echo(f"{len(todo)} runs to do ({len(runs) - len(todo)} of {len(runs)} already recorded); "
+        typer.echo(f"{_todo_line(todo, runs)}; "
                    f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B) and the subset)")
         return
     from .record import check_writable
@@ -183,7 +183,7 @@ def sweep(
     for note in store.prepare():
         typer.echo(note, err=True)
     todo = sorted(pending_runs(runs, store), key=lambda c: (-estimated_samples(c), c.run_id))  # longest first
-    typer.echo(f"{len(todo)} runs to do ({len(runs) - len(todo)} of {len(runs)} already recorded) -> {store.runs}")
+    typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}")
     display = SweepDisplay(len(todo))
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
                    on_event=display)
@@ -203,6 +203,10 @@ def sweep(
                f"{len(runs) - len(missing)} of {len(runs)} runs recorded in {store.runs}")
     if counts.get("error", 0) or missing:
         raise typer.Exit(1)
+
+
+def _todo_line(todo: list, runs: list) -> str:
+    return f"{len(todo)} run{'' if len(todo) == 1 else 's'} to do ({len(runs) - len(todo)} of {len(runs)} already recorded)"
 
 
 def _records(store) -> list[dict]:
