@@ -81,6 +81,16 @@ class RunConfig:
         return "epoch" if self.alpha == 1 and self.sampling == "paired" else self.sampling
 
     @property
+    def effective_reference(self) -> str:
+        """At alpha = 1 Eq. (6) has no reference term, so the reference setting does not apply."""
+        return self.reference if self.alpha != 1 else "minibatch"
+
+    def effective_readings(self) -> dict:
+        """stop_loss, sampling and reference as they take effect in this run."""
+        return {"reference": self.effective_reference, "stop_loss": self.effective_stop_loss,
+                "sampling": self.effective_sampling}
+
+    @property
     def uses_ghost_batch_norm(self) -> bool:
         return self.network in ("C1", "C2")
 
@@ -100,9 +110,7 @@ class RunConfig:
         written before they existed keep their ids.
         """
         l_star, l_star_star = self.target_losses
-        effective = {**{k: getattr(self, k) for k in LATER_FIELDS}, "stop_loss": self.effective_stop_loss,
-                     "sampling": self.effective_sampling,
-                     "reference": self.reference if self.alpha != 1 else "minibatch"}  # alpha = 1 uses no reference
+        effective = {**{k: getattr(self, k) for k in LATER_FIELDS}, **self.effective_readings()}
         later = {k: v for k, v in effective.items() if v != LATER_FIELDS[k]}
         return {**later, **{
             "network": self.network,
@@ -136,9 +144,7 @@ class RunConfig:
 
     def record_config(self) -> dict:
         """Every field as run: defaults resolved (L*, L**, lr) and the readings as they take effect."""
-        effective = {"stop_loss": self.effective_stop_loss, "sampling": self.effective_sampling,
-                     "reference": self.reference if self.alpha != 1 else "minibatch"}
-        return {**self.to_dict(), **effective, **self.result_fields()}
+        return {**self.to_dict(), **self.effective_readings(), **self.result_fields()}
 
 
 def validate(cfg: RunConfig) -> None:

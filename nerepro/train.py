@@ -98,7 +98,7 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     forward = fastpath.compiled(model, fastpath.compile_mode(cfg.compile, device))
     precision = fastpath.autocast(cfg.precision, device)
     optimizer = make_optimizer(cfg, model.parameters(), device)
-    full_reference = cfg.reference == "full" and cfg.alpha != 1
+    full_reference = cfg.effective_reference == "full"
     sampler = make_sampler(cfg.effective_sampling, data.n_train, cfg.batch_size, device, cfg.seed,
                            second=cfg.alpha != 1 and not full_reference)
     window = EpochWindow(math.ceil(data.n_train / cfg.batch_size), device) \
@@ -249,9 +249,7 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "optimizer": cfg.optimizer,
         "lr": cfg.learning_rate,
         "precision": cfg.precision,
-        "reference": cfg.record_config()["reference"],
-        "stop_loss": cfg.effective_stop_loss,
-        "sampling": cfg.effective_sampling,
+        **cfg.effective_readings(),
         "check_every": cfg.check_every,
         "subset": cfg.subset,
         "n_train": data.n_train,
