@@ -333,7 +333,7 @@ def noise(
 
     from .config import RunConfig
     from .errors import ConfigError
-    from .models import build_model, ghost_batch_sizes
+    from .models import build_model
     from .noise import draw_noise, load_weights, summarize_noise, write_noise_report
     from .train import prepare_data, resolve_device
 
@@ -352,7 +352,7 @@ def noise(
     if weights:
         load_weights(model, weights)
     model = model.to(dev)
-    multiple = max(ghost_batch_sizes(model) or {1})
+    multiple = cfg.batch_multiple
     start = time.time()
     drawn = draw_noise(model, data.x_train, data.y_train, batch_size, alpha_list, draws, seed, sketch_dim, multiple)
     table = summarize_noise(drawn, batch_size, alpha_list, multiple, seed=seed)

@@ -94,6 +94,11 @@ class RunConfig:
     def uses_ghost_batch_norm(self) -> bool:
         return self.network in ("C1", "C2")
 
+    @property
+    def batch_multiple(self) -> int:
+        """Batch sizes must be multiples of this: the ghost-batch size for C1/C2, else 1."""
+        return self.ghost_batch_size if self.uses_ghost_batch_norm else 1
+
     def samples_per_step(self, n_train: int) -> int:
         """Training samples read per step: B, 2B when B' is used, B + N with the full-gradient reference."""
         if self.alpha == 1:

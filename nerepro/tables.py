@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import RunConfig
 from .paper import TABLE_1, table_2 as paper_table_2, table_3 as paper_table_3
 from .report import Results, best_batch_size, grid_batch_sizes, large_batch_size, summarize
 
@@ -117,7 +118,7 @@ def table_baselines(results: Results, variant: str) -> pd.DataFrame:
                if r["setting"] == "with NE"]
     rows = []
     for network, alpha, b, source in points:
-        multiple = 100 if network in ("C1", "C2") else 1
+        multiple = RunConfig(network, alpha, int(b)).batch_multiple  # the default ghost-batch size, as baselines.toml
         row = {"source": source, "network": network, "alpha": alpha, "batch_size": int(b)}
         for tag, size in (("ne", int(b)), ("plain_2b", 2 * int(b)),
                           ("plain_beff", effective_batch_size(int(b), alpha, multiple))):

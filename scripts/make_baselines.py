@@ -21,9 +21,8 @@ def main() -> None:
     sizes: dict[str, set[int]] = {}
     for cfg in paper:
         if cfg.alpha > 1:
-            multiple = cfg.ghost_batch_size if cfg.uses_ghost_batch_norm else 1
             sizes.setdefault(cfg.network, set()).update(
-                {2 * cfg.batch_size, effective_batch_size(cfg.batch_size, cfg.alpha, multiple)})
+                {2 * cfg.batch_size, effective_batch_size(cfg.batch_size, cfg.alpha, cfg.batch_multiple)})
     lines = ["# Run:        nerepro sweep configs/baselines.toml --results results/paper",
              "# Reproduces: no figure of the paper: the compute-matched baselines a skeptical reader asks for. For every",
              "#             NE point (B, alpha > 1) of paper.toml, plain runs (alpha = 1) at 2B (the same samples per",
