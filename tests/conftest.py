@@ -46,6 +46,21 @@ def synthetic_data(n_train: int = 200, n_test: int = 100, classes: int = 10, sha
     return Data("synthetic", xtr, ytr, xte, yte, classes)
 
 
+def train_killed_at(cfg, data: Data, checkpoint: Path, step: int) -> None:
+    """Train `cfg`, checkpointing at every check, until an exception at the check of `step` kills the run."""
+    from nerepro import train
+
+    class Killed(Exception):
+        pass
+
+    def crash(at, loss):
+        if at == step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, data=data, checkpoint=checkpoint, checkpoint_every_s=0, progress=crash)
+
+
 def write_cifar(root: Path, name: str, n_train: int = 60, n_test: int = 30, seed: int = 0) -> Path:
     """Tiny CIFAR-10/100 files in torchvision's pickle layout (5 train batches + test batch + meta)."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import synthetic_data
+from conftest import synthetic_data, train_killed_at
 from nerepro import RunConfig, build_model, train
 from nerepro.errors import ConfigError
 from nerepro.sampling import IndependentSampler, make_sampler
@@ -87,15 +87,7 @@ def test_epoch_sampled_run_resumes_to_the_same_record(tmp_path):
                     sampling="paired", device="cpu")
     whole = train(cfg, data=data)
 
-    class Killed(Exception):
-        pass
-
-    def crash(step, loss):
-        if step == 40:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, data=data, checkpoint=tmp_path / "c.pt", checkpoint_every_s=0, progress=crash)
+    train_killed_at(cfg, data, tmp_path / "c.pt", step=40)
     resumed = train(cfg, data=data, checkpoint=tmp_path / "c.pt", checkpoint_every_s=1e9)
     volatile = ("wall_s", "loop_s", "check_s", "provenance", "resumes")
     assert {k: v for k, v in resumed.items() if k not in volatile} == {k: v for k, v in whole.items()

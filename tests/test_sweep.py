@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import REPO, synthetic_data
+from conftest import REPO, synthetic_data, train_killed_at
 from nerepro import RunConfig, train
 from nerepro.record import read_record
 from nerepro.results import ResultsDir
@@ -54,15 +54,7 @@ def test_checkpointed_run_resumes_to_the_same_record(tmp_path):
     uninterrupted = train(cfg, data=data)
     ckpt = tmp_path / "run.pt"
 
-    class Killed(Exception):
-        pass
-
-    def crash_at_step_60(step, loss):
-        if step == 60:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, data=data, checkpoint=ckpt, checkpoint_every_s=0, progress=crash_at_step_60)
+    train_killed_at(cfg, data, ckpt, step=60)
     assert torch.load(ckpt, weights_only=False)["state"]["step"] == 50  # saved at the check before the crash
     resumed = train(cfg, data=data, checkpoint=ckpt, checkpoint_every_s=1e9)
     assert resumed["resumes"] == 1 and uninterrupted["resumes"] == 0
