@@ -3,6 +3,7 @@
 #                   QUICK=results/quick-new trains afresh beside the committed results/quick
 #   make reproduce  the whole paper (configs/paper.toml) on this machine's GPUs; run again to resume
 #   make report     rebuild tables, figures and claims of RESULTS (default results/quick) from its records
+#   make test-min   the tests against the oldest torch/torchvision nerepro supports (pyproject.toml), in .venv-min
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,8 +11,9 @@ NEREPRO := $(VENV)/bin/nerepro
 STAMP := $(VENV)/.installed
 RESULTS ?= results/quick
 QUICK ?= results/quick
+MIN_TORCH ?= torch==2.11.0 torchvision==0.26.0
 
-.PHONY: install test quick reproduce report
+.PHONY: install test test-min quick reproduce report
 
 install: $(STAMP)
 
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+test-min:
+	test -x .venv-min/bin/python || $(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet $(MIN_TORCH) -e '.[test]'
+	.venv-min/bin/python -m pytest -q
 
 quick: install
 	$(NEREPRO) data download fashion-mnist

@@ -20,8 +20,9 @@ SHAPES = {"F1": ((1, 28, 28), 60_000, 10, 10_000), "C1": ((3, 32, 32), 50_000, 1
 
 
 def training_flops_per_sample(network: str) -> float:
-    """FLOPs of one training sample: forward multiply-adds of every conv and linear layer x 2, x 3 for
-    forward + backward (batch norm, ReLU and pooling are a rounding error). F1 ~11.4 M, C1 ~1.6 G, C2 ~1.9 G."""
+    """FLOPs of one training sample in the conv and linear layers (batch norm, ReLU and pooling are a
+    rounding error): 2 per multiply-add forward, the same for the weight gradients, and the same for the
+    input gradients of every layer but the first (the input needs none). F1 ~10.6 M, C1 ~1.6 G, C2 ~1.9 G."""
     model = build_model(network).eval()
     macs = []
 
@@ -36,7 +37,7 @@ def training_flops_per_sample(network: str) -> float:
         model(torch.zeros(1, *SHAPES[network][0]))
     for h in hooks:
         h.remove()
-    return 3 * 2 * float(sum(macs))
+    return 2 * float(3 * sum(macs) - macs[0])
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, tf32: bool = False, seconds: float = 1.0) -> float:
@@ -85,23 +86,26 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
     cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=0, max_steps=steps,
                     check_every=check_every, precision=precision, compile=compile, device=str(dev))
     data, real = bench_data(network, dev, data_dir)
+    t_warmup = time.perf_counter()
     if warmup:
         train(cfg.replace(max_steps=warmup), data=data, final_evaluation=False)
+    _sync(dev)
+    warmup_s = time.perf_counter() - t_warmup
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    record = train(cfg, data=data, final_evaluation=False)
+    record = train(cfg, data=data, final_evaluation=False)  # its loop_s ends with a device synchronisation
     loop_s = record["loop_s"]
+    memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"  # the run's, before the matmul probe
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     tf32 = dev.type == "cuda" and network != "F1" and precision == "fp32"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_peak(dev, dtype, tf32=tf32)
     flops = training_flops_per_sample(network)
     samples_per_s = record["samples_processed"] / loop_s
     achieved = samples_per_s * flops / 1e12
-    memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
         "network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision,
-        "compile": compile_mode(compile, dev), "steps": record["steps"], "check_every": check_every,
+        "compile": compile_mode(compile, dev, network), "steps": record["steps"], "check_every": check_every,
         "data": "real" if real else "random", "device": device_name(dev), "device_type": dev.type,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "steps_per_s": record["steps"] / loop_s, "samples_per_s": samples_per_s,
@@ -109,6 +113,7 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
         "peak_tflops": peak, "peak_kind": "bf16" if precision == "bf16" else ("tf32" if tf32 else "fp32"),
         "fraction_of_peak": achieved / peak, "check_share": record["check_s"] / loop_s,
         "peak_memory_gib": memory / 2 ** 30, "memory_kind": "device" if dev.type == "cuda" else "process RSS",
+        "warmup_steps": warmup, "warmup_s": warmup_s,
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -120,4 +125,5 @@ def summary(result: dict) -> str:
             f"{r['steps_per_s']:.2f} steps/s, {r['samples_per_s']:.0f} samples/s, "
             f"{r['achieved_tflops']:.3g} TFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the measured "
             f"{r['peak_kind']} matmul peak {r['peak_tflops']:.3g} TFLOP/s; checks {100 * r['check_share']:.1f}% "
-            f"of the loop; peak {r['memory_kind']} memory {r['peak_memory_gib']:.2f} GiB")
+            f"of the loop; peak {r['memory_kind']} memory {r['peak_memory_gib']:.2f} GiB; warm-up "
+            f"({r['warmup_steps']} steps, compilation included) {r['warmup_s']:.1f} s")

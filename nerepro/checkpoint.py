@@ -10,18 +10,18 @@ import torch
 
 from .record import temp_path
 
-FORMAT = 1
+FORMAT = 2  # 2: no sampler state (minibatches are a function of the step: sampling.py)
 
 
-def save_checkpoint(path: Path, run_id: str, model, optimizer, sampler, state: dict) -> None:
-    """Model, optimizer, sampler (generator states) and run state, replaced atomically."""
+def save_checkpoint(path: Path, run_id: str, model, optimizer, state: dict) -> None:
+    """Model, optimizer and run state, replaced atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         device_type = next(model.parameters()).device.type
         torch.save({"format": FORMAT, "run_id": run_id, "device_type": device_type, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "state": state}, tmp)
+                    "optimizer": optimizer.state_dict(), "state": state}, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,7 +43,7 @@ def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | Non
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("run_id") != run_id:
         warnings.warn(f"ignoring checkpoint {path}: it belongs to another run or version")
         return None
-    if saved.get("device_type", device.type) != device.type:  # generator states and kernels differ by device
+    if saved.get("device_type", device.type) != device.type:  # kernels round differently: one run, one device type
         warnings.warn(f"ignoring checkpoint {path}: written on {saved.get('device_type')}, running on {device.type}")
         return None
     return saved

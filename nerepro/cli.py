@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -81,7 +82,7 @@ def train(
     reference: Annotated[str, typer.Option(
         help="minibatch (Eq. 6: a second minibatch B') or full (Eq. 5: the exact full-batch gradient; each step "
              "then costs B + N samples).")] = "minibatch",
-    compile: Annotated[str, typer.Option(help="auto (torch.compile on CUDA), off, default, reduce-overhead.")] = "auto",
+    compile: Annotated[str, typer.Option(help="auto (torch.compile for C1/C2 on CUDA), off, default, reduce-overhead.")] = "auto",
     save_weights: Annotated[bool, typer.Option(
         help="Also write the final weights to DIR/<run_id>.weights.pt (for `nerepro noise --weights`).")] = False,
     full_checks: Annotated[bool, typer.Option(
@@ -146,6 +147,10 @@ def sweep(
     gpus_per_run: Annotated[float, typer.Option(help="GPU fraction of each Ray task.")] = 1.0,
     checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints of a running "
                                                          "run.")] = 300.0,
+    time_limit: Annotated[Optional[str], typer.Option(
+        help="Wall time this sweep may take (seconds, or 90s, 10m, 2h): runs that cannot finish in the time "
+             "left are not started, running ones pause in their checkpoints, and it exits 0; rerun to "
+             "continue.")] = None,
     data_dir: DataDir = None,
 ):
     """Run every run of the configs' grids not yet recorded in --results; kill it and rerun it at will.
@@ -154,7 +159,8 @@ def sweep(
     """
     from .display import SweepDisplay
     from .errors import ConfigError
-    from .grid import estimated_samples, load_grid, parse_shard
+    from .cost import estimated_samples
+    from .grid import load_plan, parse_shard
     from .grid import shard as take_shard
     from .results import ResultsDir
     from .sweep import pending_runs, run_sweep, summarize
@@ -163,7 +169,11 @@ def sweep(
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
     if workers_per_device is not None and workers_per_device < 1:
         raise ConfigError("--workers-per-device must be at least 1")
-    runs = load_grid(configs, seeds)
+    started = time.time()
+    limit = parse_duration(time_limit) if time_limit is not None else None
+    plan = load_plan(configs, seeds)
+    priority = {cfg.run_id: rank for rank, cfg in plan}
+    runs = [cfg for _, cfg in plan]
     if network:
         runs = [c for c in runs if c.network in network]
     if shard:
@@ -182,11 +192,14 @@ def sweep(
     check_writable(results)
     for note in store.prepare():
         typer.echo(note, err=True)
-    todo = sorted(pending_runs(runs, store), key=lambda c: (-estimated_samples(c), c.run_id))  # longest first
-    typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}")
+    # the configs' priorities first, then the longest runs first
+    todo = sorted(pending_runs(runs, store), key=lambda c: (priority[c.run_id], -estimated_samples(c), c.run_id))
+    typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}" + (f" within {limit:g} s" if limit else ""))
     display = SweepDisplay(len(todo))
+    # stop early enough to checkpoint, shut the workers down and summarise inside the limit
+    deadline = started + limit - min(30.0, max(3.0, 0.05 * limit)) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
-                   on_event=display)
+                   on_event=display, deadline=deadline)
     if executor == "ray":
         options.update(address=address, gpus_per_run=gpus_per_run)
     else:
@@ -201,8 +214,28 @@ def sweep(
     typer.echo(f"sweep: {counts.get('converged', 0)} converged, {counts.get('not_converged', 0)} not converged, "
                f"{counts.get('diverged', 0)} diverged, {counts.get('error', 0)} error; "
                f"{len(runs) - len(missing)} of {len(runs)} runs recorded in {store.runs}")
-    if counts.get("error", 0) or missing:
+    if limit and missing:
+        paused = sum(store.checkpoint_path(r).exists() for r in missing)
+        typer.echo(f"time limit {limit:g} s reached after {time.time() - started:.0f} s: {len(missing)} runs left "
+                   f"({paused} paused in checkpoints, {len(missing) - paused} not started); rerun the same "
+                   "command to continue")
+    if counts.get("error", 0) or (missing and not limit):
         raise typer.Exit(1)
+
+
+def parse_duration(text: str) -> float:
+    """'600', '90s', '10m', '2h' -> seconds."""
+    from .errors import ConfigError
+
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds != float("inf")):
+        raise ConfigError(f"--time-limit takes a positive duration (600, 90s, 10m, 2h), got {text!r}")
+    return seconds
 
 
 def _todo_line(todo: list, runs: list) -> str:
@@ -290,7 +323,7 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Steps run first and not timed (compilation, autotuning).")] = 20,
     check_every: Annotated[int, typer.Option(help="Steps between loss checks, as in a real run.")] = 50,
     precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA) or bf16.")] = "fp32",
-    compile: Annotated[str, typer.Option(help="auto (on for CUDA), off, default or reduce-overhead.")] = "auto",
+    compile: Annotated[str, typer.Option(help="auto (on for C1/C2 on CUDA), off, default or reduce-overhead.")] = "auto",
     device: Device = "auto",
     data_dir: DataDir = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object instead of the summary line.")] = False,

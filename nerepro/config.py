@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .fastpath import COMPILE_MODES, PRECISIONS
 from .paper import TABLE_1
+from .sampling import VERSION as SAMPLER_VERSION
 
 NETWORKS = ("F1", "C1", "C2")
 OPTIMIZERS = ("adam", "sgd")
 REFERENCES = ("minibatch", "full")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # Keras' defaults (README, protocol table)
-LATER_FIELDS = {"precision": "fp32", "reference": "minibatch", "stop_loss": "full", "sampling": "independent"}
+# result-changing fields added later, with the value that leaves the ids of earlier records alone (for
+# sampler_version: the device-dependent sampler of those records, which no longer runs)
+LATER_FIELDS = {"precision": "fp32", "reference": "minibatch", "stop_loss": "full", "sampling": "independent",
+                "sampler_version": 1}
 STOP_LOSSES = ("full", "epoch_mean", "ne_epoch_mean")
-SAMPLINGS = ("independent", "epoch", "paired")  # result-changing fields added later, with the default that leaves ids alone
+SAMPLINGS = ("independent", "epoch", "paired")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class RunConfig:
     stop_loss: str = "full"  # (id) the loss L* and L** are read on: "full" (Eq. 1), "epoch_mean", "ne_epoch_mean"
     sampling: str = "independent"  # (id) how B and B' are drawn: "independent", "epoch", "paired"
     reference: str = "minibatch"  # (id) what replaces grad L in Eq. (5): "minibatch" B' (Eq. 6) or "full" grad L
-    compile: str = "auto"  # "auto" (torch.compile on CUDA) | "off" | "default" | "reduce-overhead"; not in the id
+    sampler_version: int = SAMPLER_VERSION  # (id) the minibatch sampler's rule (sampling.py); only the current runs
+    compile: str = "auto"  # "auto" (torch.compile for C1/C2 on CUDA) | "off" | "default" | "reduce-overhead"; not in the id
     check_chunk: int = 10_000  # samples per forward pass in loss checks; memory only, not the result
     check_early_exit: bool = True  # stop a check once its partial sum proves L >= target (same decisions)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; not part of the run id
@@ -202,6 +207,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.reference == "full" and (cfg.stop_loss == "ne_epoch_mean" or cfg.sampling != "independent"):
         raise ConfigError("--reference full draws no B': use it with --stop-loss full or epoch_mean and "
                           "--sampling independent")
+    if cfg.sampler_version != SAMPLER_VERSION:
+        raise ConfigError(f"sampler version {cfg.sampler_version!r} no longer runs (version 1 drew different "
+                          f"minibatches on each device; its records stay readable): use {SAMPLER_VERSION}")
     if cfg.reference not in REFERENCES:
         raise ConfigError(f"unknown reference {cfg.reference!r}: choose one of {', '.join(REFERENCES)}")
     if cfg.compile not in COMPILE_MODES:

@@ -6,6 +6,7 @@ None of these changes what a step computes, only how: the tests compare each aga
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -36,19 +37,30 @@ def inputs(x: torch.Tensor, network: str, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last(network, device) else x
 
 
-def compile_mode(requested: str, device: torch.device) -> str:
-    """'auto': torch.compile on CUDA (fused kernels, fewer launches), eager on the CPU."""
+COMPILED_SHAPES = 64  # compiled graphs kept per process: every (network, batch shape) of a sweep worker
+
+
+def compile_mode(requested: str, device: torch.device, network: str) -> str:
+    """'auto': torch.compile for the CNNs on CUDA (their runs take minutes to hours, so compiling once per
+    shape pays); F1 stays eager (its steps are a few small matmuls and its runs seconds on a GPU); the CPU
+    stays eager."""
     if requested == "auto":
-        return "default" if device.type == "cuda" else "off"
+        return "default" if device.type == "cuda" and network in ("C1", "C2") else "off"
     return requested
 
 
-def compiled(model: nn.Module, mode: str):
-    """The model's training forward, compiled unless mode is 'off'. Dynamo caches by code, so later runs of
-    the same network and shape in this process reuse the compiled graph."""
+def compiled(model: nn.Module, mode: str, backend: str | Callable = "inductor"):
+    """The model's training forward, compiled unless mode is 'off', with static shapes: each batch shape
+    (B, or 2B with NE) gets its own graph, compiled once per process and reused by later runs of the same
+    network and shape. Without `dynamic=False` a second B in one process would trigger a dynamic-shape
+    recompilation through the ghost-batch view, which takes minutes for C1/C2."""
     if mode == "off":
         return model
-    return torch.compile(model, mode=None if mode == "default" else mode)
+    config = torch._dynamo.config
+    config.cache_size_limit = max(config.cache_size_limit, COMPILED_SHAPES)
+    if hasattr(config, "recompile_limit"):
+        config.recompile_limit = max(config.recompile_limit, COMPILED_SHAPES)
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False, backend=backend)
 
 
 def autocast(precision: str, device: torch.device):

@@ -5,6 +5,7 @@ A config file holds (README, 'Sweep configs'):
   seeds = 10                      # or a list of seeds
   [settings]                      # overrides of RunConfig fields for every run of this file
   [[grid]]                        # one or more grids: list values are crossed, scalars are fixed
+  priority = 1                    # in a grid or at the top of a file: lower runs first (default 0)
 """
 
 from __future__ import annotations
@@ -12,26 +13,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import math
 import tomllib
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import ConfigError
-from .paper import table_2
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
-FILE_KEYS = {"include", "seeds", "settings", "grid"}
-TRAIN_SIZE = {"F1": 60_000, "C1": 50_000, "C2": 50_000}  # training samples of each network's dataset
+FILE_KEYS = {"include", "seeds", "settings", "grid", "priority"}
+
+
+def load_plan(paths: list[Path], seeds: int | None = None, overrides: dict | None = None) -> list[tuple[int, RunConfig]]:
+    """(priority, run) for every run of the config files, each run once with the lowest priority any grid
+    naming it gives, in the order a sweep takes them: priority, then run id."""
+    runs: dict[str, tuple[int, RunConfig]] = {}
+    for path in paths:
+        for priority, cfg in _expand_file(Path(path), seeds, overrides or {}, seen=(), priority=0):
+            if cfg.run_id not in runs or priority < runs[cfg.run_id][0]:
+                runs[cfg.run_id] = (priority, cfg)
+    return sorted(runs.values(), key=lambda pc: (pc[0], pc[1].run_id))
 
 
 def load_grid(paths: list[Path], seeds: int | None = None, overrides: dict | None = None) -> list[RunConfig]:
-    """All runs of the config files, each once (runs shared by several outputs share a run id)."""
-    runs: dict[str, RunConfig] = {}
-    for path in paths:
-        for cfg in _expand_file(Path(path), seeds, overrides or {}, seen=()):
-            runs.setdefault(cfg.run_id, cfg)
-    return sorted(runs.values(), key=lambda c: c.run_id)
+    """All runs of the config files, each once (runs shared by several outputs share a run id), by run id."""
+    return sorted((cfg for _, cfg in load_plan(paths, seeds, overrides)), key=lambda c: c.run_id)
 
 
 def _read_toml(path: Path) -> dict:
@@ -46,7 +51,8 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"{path} is not valid TOML ({e}): fix the file") from None
 
 
-def _expand_file(path: Path, seeds: int | None, overrides: dict, seen: tuple) -> list[RunConfig]:
+def _expand_file(path: Path, seeds: int | None, overrides: dict, seen: tuple,
+                 priority: int) -> list[tuple[int, RunConfig]]:
     if path.resolve() in seen:
         raise ConfigError(f"{path} includes itself: remove the cycle")
     doc = _read_toml(path)
@@ -56,14 +62,23 @@ def _expand_file(path: Path, seeds: int | None, overrides: dict, seen: tuple) ->
     if not isinstance(doc.get("include", []), list) or not isinstance(doc.get("settings", {}), dict) \
             or not (isinstance(doc.get("grid", []), list) and all(isinstance(g, dict) for g in doc.get("grid", []))):
         raise ConfigError(f"{path}: include must be a list, [settings] a table and each grid a [[grid]] table")
+    priority = _priority(path, doc.get("priority", priority))
     runs = []
     for inc in doc.get("include", []):
-        runs += _expand_file(path.parent / inc, seeds, overrides, seen + (path.resolve(),))
+        runs += _expand_file(path.parent / inc, seeds, overrides, seen + (path.resolve(),), priority)
     seed_list = _seeds(path, seeds if seeds is not None else doc.get("seeds", 1))
     settings = {**doc.get("settings", {}), **overrides}
     for i, grid in enumerate(doc.get("grid", [])):
-        runs += _expand_grid(path, i, grid, settings, seed_list)
+        grid = dict(grid)
+        rank = _priority(path, grid.pop("priority", priority))
+        runs += [(rank, cfg) for cfg in _expand_grid(path, i, grid, settings, seed_list)]
     return runs
+
+
+def _priority(path: Path, value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{path}: priority must be an integer (lower runs first), got {value!r}")
 
 
 def _seeds(path: Path, value) -> list[int]:
@@ -112,28 +127,3 @@ def shard(runs: list[RunConfig], i: int, n: int) -> list[RunConfig]:
     """Shard i of n: a hash of the run id picks it, so a run keeps its shard when the grid grows."""
     pick = lambda c: int(hashlib.sha256(c.run_id.encode()).hexdigest(), 16) % n == i  # noqa: E731
     return [c for c in runs if pick(c)]
-
-
-def _reference_steps() -> dict[str, tuple[int, float]]:
-    """Per network, (B_opt, convergence steps) at alpha = 1 from the paper's Table 2."""
-    return {r["network"]: (int(r["b_opt"]), float(r["convergence_steps_mean"]))
-            for r in table_2() if float(r["alpha"]) == 1.0}
-
-
-def estimated_steps(cfg: RunConfig, reference: dict | None = None) -> int:
-    """A rough guess of a run's steps to L**: Table 2's alpha = 1 time scaled by sqrt(B_opt / B).
-
-    The square-root rule matches Table 2's other rows within about 25%. A run on a subset is assumed to
-    need as many epochs, i.e. proportionally fewer steps. Capped at max_steps. The guess only orders runs
-    (longest first) and sizes a sweep before it starts.
-    """
-    b_ref, steps_ref = (reference or _reference_steps())[cfg.network]
-    steps = steps_ref * math.sqrt(b_ref / cfg.batch_size)
-    if cfg.subset:
-        steps *= min(1.0, cfg.subset / TRAIN_SIZE[cfg.network])
-    return int(min(cfg.max_steps, max(steps, cfg.check_every)))
-
-
-def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:
-    """Training samples a run is expected to read (each NE step reads 2B)."""
-    return estimated_steps(cfg, reference) * cfg.samples_per_step(cfg.subset or TRAIN_SIZE[cfg.network])

@@ -36,11 +36,15 @@ class GhostBatchNorm(nn.Module):
         if n % self.ghost_size:
             raise ValueError(f"batch of {n} cannot be split into ghost batches of {self.ghost_size}")
         groups = x.view(n // self.ghost_size, self.ghost_size, *x.shape[1:])
+        # statistics and normalisation in fp32 (under bf16 autocast too: a bf16 sum over 100 x H x W values
+        # loses digits, and the running statistics stay fp32); the output keeps the input's dtype, so bf16
+        # activations stay bf16 between the convolutions (torch.compile fuses the casts away)
+        exact = groups.to(torch.promote_types(groups.dtype, torch.float32))
         dims = (1, *range(3, groups.ndim))
-        var, mean = torch.var_mean(groups, dim=dims, correction=0, keepdim=True)
+        var, mean = torch.var_mean(exact, dim=dims, correction=0, keepdim=True)
         shape = (1, 1, c) + (1,) * (x.ndim - 2)
         scale = self.weight.view(shape) * torch.rsqrt(var + self.eps)
-        out = (groups - mean) * scale + self.bias.view(shape)
+        out = ((exact - mean) * scale + self.bias.view(shape)).to(x.dtype)
         with torch.no_grad():
             count = groups[0].numel() // c
             self.running_mean.lerp_(mean.mean(0).flatten(), self.momentum)

@@ -109,8 +109,8 @@ def draw_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
     sk = {f"ne:{a:g}": [] for a in alphas}
     for b in plain:
         sq[f"plain:{b}"], sk[f"plain:{b}"] = [], []
-    for _ in range(draws):
-        idx = sampler.draw()
+    for draw in range(draws):
+        idx = sampler.draw(draw)
         xi_b = minibatch_gradient(model, x[idx[:batch_size]], y[idx[:batch_size]]) - g_full
         xi_b2 = minibatch_gradient(model, x[idx[batch_size:]], y[idx[batch_size:]]) - g_full
         s_b, s_b2 = sketch(xi_b), sketch(xi_b2)
@@ -119,7 +119,7 @@ def draw_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
             sq[f"ne:{a:g}"].append(a * a * nb + (1 - a) ** 2 * nb2 + 2 * a * (1 - a) * cross)
             sk[f"ne:{a:g}"].append((a * s_b + (1 - a) * s_b2).cpu())
         for b, smp in plain.items():
-            j = smp.draw()
+            j = smp.draw(draw)
             xi = minibatch_gradient(model, x[j], y[j]) - g_full
             sq[f"plain:{b}"].append(xi.square().sum().item())
             sk[f"plain:{b}"].append(sketch(xi).cpu())

@@ -113,8 +113,8 @@ def _git_state() -> tuple[str | None, bool | None]:
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
         return commit, dirty
-    except (OSError, subprocess.SubprocessError):
-        return None, None
+    except (OSError, subprocess.SubprocessError):  # a copy of the checkout without .git (a GPU box, a cluster)
+        return os.environ.get("NEREPRO_GIT_COMMIT"), None
 
 
 def device_name(device: torch.device) -> str:

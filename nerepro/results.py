@@ -124,7 +124,7 @@ def load_records(root: Path | str) -> tuple[list[dict], list[str]]:
 def variant_of(record: dict) -> str:
     """The settings of a record that differ from the paper's defaults, besides network, alpha, B and seed:
     the report never pools runs of different variants."""
-    config = record.get("config") or {}
+    config = {**LATER_FIELDS, **(record.get("config") or {})}  # a record older than a field ran its legacy value
     try:
         default = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"])).result_fields()
     except Exception:  # noqa: BLE001 - an odd record still gets reported, as its own variant

@@ -1,4 +1,19 @@
-"""Minibatch sampling on the training device, from seeded generators (README, protocol table)."""
+"""Minibatch sampling that draws the same indices on every device (README, protocol table, 'Sampling').
+
+Every draw is a pure function of (seed, stream, step): each sample i of the training set gets a 32-bit key
+from an integer hash of i and a per-draw key, computed with integer tensor ops whose results are identical
+on the CPU and on CUDA, and
+
+- `independent`: a minibatch is the B samples with the smallest keys (a uniform B-subset, no replacement
+  within it), in increasing key order; every step and every stream draws afresh;
+- `epoch` / `paired`: an epoch is the training set sorted by key (a uniform permutation per epoch), and the
+  stream reads it in consecutive chunks across epoch boundaries.
+
+The key of sample i is a bijection of i (an affine map mod 2^32 with the draw's odd multiplier and offset,
+then two xorshift-multiply rounds), so keys never tie and the order needs no tie-breaking that could differ
+between devices. Values are held in int64 and every product stays below 2^63: no overflow anywhere.
+No generator state: a checkpoint needs only the step, and nothing is read back to the host.
+"""
 
 from __future__ import annotations
 
@@ -6,64 +21,89 @@ import hashlib
 
 import torch
 
+VERSION = 2  # enters the run id (config.py): version 1 drew with torch.randperm, which differs by device
+MASK = 0xFFFFFFFF
+ROUNDS = ((16, 0x21F0AAAD), (15, 0x735A2D97))  # (shift, odd multiplier < 2^31); final shift 15
+
 
 def stream_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for one named random stream of a run, so streams never share a generator."""
+    """A 63-bit seed for one named random stream of a run, so streams never share randomness."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "big") >> 1
+
+
+def draw_key(seed: int, stream: str, draw: int) -> tuple[int, int]:
+    """Two 32-bit keys for draw number `draw` (a step, or an epoch) of a stream: host integers, no device work."""
+    h = hashlib.sha256(f"{seed}:{stream}:{draw}".encode()).digest()
+    return int.from_bytes(h[:4], "big"), int.from_bytes(h[4:8], "big")
+
+
+def sample_keys(index: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+    """The keys of samples `index` (int64, < 2^32) for one draw: a bijection of i onto 32-bit values."""
+    x = (index * ((key[1] & 0x7FFFFFFF) | 1) + key[0]) & MASK
+    for shift, mult in ROUNDS:
+        x = x ^ (x >> shift)
+        x = (x * mult) & MASK
+    return x ^ (x >> 15)
+
+
+class _Keys:
+    """Per-sample keys of a training set of n samples on one device (the index tensor made once)."""
+
+    def __init__(self, n: int, device: torch.device, seed: int):
+        if n >= 2 ** 32:
+            raise ValueError(f"at most 2^32 - 1 samples, got {n}")
+        self.n, self.seed = n, seed
+        self.index = torch.arange(n, dtype=torch.int64, device=device)
+
+    def smallest(self, stream: str, draw: int, k: int) -> torch.Tensor:
+        """The k indices with the smallest keys, in increasing key order."""
+        return torch.topk(sample_keys(self.index, draw_key(self.seed, stream, draw)), k, largest=False).indices
+
+    def permutation(self, stream: str, epoch: int) -> torch.Tensor:
+        return torch.argsort(sample_keys(self.index, draw_key(self.seed, stream, epoch)))
 
 
 class IndependentSampler:
     """Each step draws B and B' independently, each a uniform B-subset of the training set (no replacement).
 
-    B and B' come from separate generators, so the B stream of a seed is the same for every alpha
-    (common random numbers across the alpha grid). At alpha = 1 B' is never drawn.
+    B and B' are separate streams, so the B stream of a seed is the same for every alpha (common random
+    numbers across the alpha grid). At alpha = 1 B' is never drawn.
     """
 
     def __init__(self, n: int, batch_size: int, device: torch.device, seed: int, second: bool):
-        self.n, self.batch_size, self.device = n, batch_size, torch.device(device)
-        streams = ("B", "B'") if second else ("B",)
-        self.generators = [torch.Generator(device=self.device).manual_seed(stream_seed(seed, s)) for s in streams]
+        self.batch_size, self.keys = batch_size, _Keys(n, torch.device(device), seed)
+        self.streams = ("B", "B'") if second else ("B",)
 
-    def draw(self) -> torch.Tensor:
-        """Indices of [B; B'] (or of B alone), concatenated, on the device; no host synchronisation."""
-        parts = [torch.randperm(self.n, generator=g, device=self.device)[: self.batch_size] for g in self.generators]
+    def draw(self, step: int) -> torch.Tensor:
+        """Indices of [B; B'] (or of B alone) at `step`, concatenated, on the device; no host synchronisation."""
+        parts = [self.keys.smallest(s, step, self.batch_size) for s in self.streams]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def state_dict(self) -> dict:
-        return {"generators": [g.get_state() for g in self.generators]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for g, s in zip(self.generators, state["generators"]):
-            g.set_state(s.cpu())
 
 
 class EpochStream:
-    """Consecutive indices of a concatenation of shuffled epochs: every sample exactly once per epoch; a batch
-    that reaches an epoch's end continues into the next epoch, so batches are always full."""
+    """Consecutive chunks of a concatenation of shuffled epochs: every sample exactly once per epoch; a chunk
+    that reaches an epoch's end continues into the next epoch, so chunks are always full."""
 
-    def __init__(self, n: int, device: torch.device, seed: int):
-        self.n, self.device = n, torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.perm, self.pos = None, n
+    def __init__(self, keys: _Keys, name: str, chunk: int):
+        self.keys, self.name, self.chunk = keys, name, chunk
+        self.cached: dict[int, torch.Tensor] = {}  # the epochs the last chunk touched
 
-    def take(self, k: int) -> torch.Tensor:
-        parts = []
-        while k:
-            if self.pos == self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.generator, device=self.device), 0
-            t = min(k, self.n - self.pos)
-            parts.append(self.perm[self.pos:self.pos + t])
-            self.pos, k = self.pos + t, k - t
+    def epoch(self, e: int) -> torch.Tensor:
+        if e not in self.cached:
+            self.cached = {k: v for k, v in self.cached.items() if k >= e - 1}
+            self.cached[e] = self.keys.permutation(self.name, e)
+        return self.cached[e]
+
+    def take(self, step: int) -> torch.Tensor:
+        """Chunk number `step`: positions [step * chunk, (step + 1) * chunk) of the concatenated epochs."""
+        n, start = self.keys.n, step * self.chunk
+        parts, end = [], start + self.chunk
+        while start < end:
+            e, offset = divmod(start, n)
+            t = min(end - start, n - offset)
+            parts.append(self.epoch(e)[offset:offset + t])
+            start += t
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "perm": None if self.perm is None else self.perm.cpu(),
-                "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"].cpu())
-        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
-        self.pos = state["pos"]
 
 
 class EpochSampler:
@@ -71,22 +111,15 @@ class EpochSampler:
     chunk of a single shuffled epoch, as a Keras `fit` over batches of 2B would give (README, protocol)."""
 
     def __init__(self, n: int, batch_size: int, device: torch.device, seed: int, second: bool, paired: bool):
-        self.batch_size, self.second, self.paired = batch_size, second, paired
-        names = ("pair",) if paired else (("B", "B'") if second else ("B",))
-        self.streams = [EpochStream(n, device, stream_seed(seed, f"epoch:{name}")) for name in names]
+        keys = _Keys(n, torch.device(device), seed)
+        if paired:
+            self.streams = [EpochStream(keys, "epoch:pair", batch_size * (2 if second else 1))]
+        else:
+            self.streams = [EpochStream(keys, f"epoch:{s}", batch_size) for s in (("B", "B'") if second else ("B",))]
 
-    def draw(self) -> torch.Tensor:
-        if self.paired:
-            return self.streams[0].take(self.batch_size * (2 if self.second else 1))
-        parts = [s.take(self.batch_size) for s in self.streams]
+    def draw(self, step: int) -> torch.Tensor:
+        parts = [s.take(step) for s in self.streams]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def state_dict(self) -> dict:
-        return {"streams": [s.state_dict() for s in self.streams]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for s, st in zip(self.streams, state["streams"]):
-            s.load_state_dict(st)
 
 
 def make_sampler(sampling: str, n: int, batch_size: int, device: torch.device, seed: int, second: bool):

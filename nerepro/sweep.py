@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -13,12 +16,14 @@ import torch
 
 from . import data as datasets
 from .config import RunConfig
+from .cost import Throughput, estimated_device_bytes
 from .errors import ConfigError
 from .record import provenance
 from .results import ResultsDir
-from .train import resolve_device, train
+from .train import OutOfTime, resolve_device, train
 
-Event = Callable[[str, dict], None]  # ("start" | "check" | "done", payload) for progress displays
+Event = Callable[[str, dict], None]  # ("start" | "check" | "done" | "note", payload) for progress displays
+MEMORY_USABLE = 0.95  # share of a GPU's memory the runs on it may be estimated to take together
 
 
 class DataCache:
@@ -34,31 +39,100 @@ class DataCache:
         return self.loaded[key]
 
 
-def error_record(cfg: RunConfig, exc: BaseException) -> dict:
+def error_record(cfg: RunConfig, exc: BaseException, device: str = "cpu") -> dict:
     """A run that raised: recorded as `error` with its message, retried by the next sweep."""
+    try:
+        where = torch.device(device)
+        where = where if where.type == "cpu" or torch.cuda.is_available() else torch.device("cpu")
+    except RuntimeError:
+        where = torch.device("cpu")
     return {
         "run_id": cfg.run_id, "network": cfg.network, "alpha": float(cfg.alpha), "batch_size": cfg.batch_size,
         "seed": cfg.seed, "subset": cfg.subset, "status": "error", "error": f"{type(exc).__name__}: {exc}",
         "traceback": "".join(traceback.format_exception(exc))[-4000:],
-        "config": cfg.record_config(), "provenance": provenance(torch.device("cpu")),
+        "config": cfg.record_config(), "provenance": provenance(where),
     }
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of a CUDA device in bytes (None on the CPU)."""
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+
+
+def check_fits(cfg: RunConfig, total: int | None) -> None:
+    """Refuse, before training, a run whose estimated memory (cost.py) exceeds the device's."""
+    if total is None:
+        return
+    need = estimated_device_bytes(cfg)
+    if need > MEMORY_USABLE * total:
+        raise ConfigError(f"{cfg.run_id} needs about {need / 2 ** 30:.1f} GiB of GPU memory and the GPU has "
+                          f"{total / 2 ** 30:.1f} GiB: use --precision bf16, a smaller B or a larger GPU")
+
+
+class MemoryGate:
+    """Runs that share one GPU (several workers per device) start in arrival order, each once the memory the
+    runs already on the GPU are estimated to need leaves room for its own estimate (cost.py)."""
+
+    def __init__(self, ctx):
+        self.cond = ctx.Condition()
+        self.free = ctx.Value("q", -1, lock=False)  # MiB not promised to a run; -1 until a worker reads the GPU
+        self.tickets = ctx.Value("q", 0, lock=False)
+        self.serving = ctx.Value("q", 0, lock=False)
+
+    @contextlib.contextmanager
+    def hold(self, need: int, total: int, deadline: float | None = None):
+        """Hold `need` MiB of a GPU of `total` MiB while the block runs; yields False if the deadline came first."""
+        with self.cond:
+            if self.free.value < 0:
+                self.free.value = total
+            ticket = self.tickets.value
+            self.tickets.value += 1
+            admitted = self.cond.wait_for(lambda: self.serving.value == ticket and self.free.value >= need,
+                                          timeout=None if deadline is None else max(0.0, deadline - time.time()))
+            self.serving.value = max(self.serving.value, ticket + 1)  # a waiter that gave up passes its turn on
+            if admitted:
+                self.free.value -= need
+            self.cond.notify_all()
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self.cond:
+                    self.free.value += need
+                    self.cond.notify_all()
+
+
 def run_one(cfg: RunConfig, results: ResultsDir, cache: DataCache, on_event: Event | None = None,
-            checkpoint_every_s: float = 300.0) -> dict:
-    """Train one run (resuming its checkpoint if any); an exception becomes an `error` record."""
+            checkpoint_every_s: float = 300.0, deadline: float | None = None,
+            gate: MemoryGate | None = None) -> dict | None:
+    """Train one run (resuming its checkpoint if any); an exception becomes an `error` record, a run paused
+    at the deadline gives None (its checkpoint continues it)."""
     try:
         device = resolve_device(cfg.device)
+        total = device_memory(device)
+        check_fits(cfg, total)
         progress = (lambda step, loss: on_event("check", {"run_id": cfg.run_id, "step": step, "loss": loss})) \
             if on_event else None
-        return train(cfg, data=cache.get(cfg, device), progress=progress,
-                     checkpoint=results.checkpoint_path(cfg.run_id), checkpoint_every_s=checkpoint_every_s)
+        need = math.ceil(estimated_device_bytes(cfg) / 2 ** 20) if gate is not None else 0
+        with gate.hold(need, int(MEMORY_USABLE * total / 2 ** 20), deadline) if gate is not None \
+                else contextlib.nullcontext(True) as admitted:
+            if not admitted:
+                return None
+            return train(cfg, data=cache.get(cfg, device), progress=progress,
+                         checkpoint=results.checkpoint_path(cfg.run_id), checkpoint_every_s=checkpoint_every_s,
+                         deadline=deadline)
+    except OutOfTime as e:
+        results.log(f"paused:{e.step}", cfg.run_id)
+        if on_event:
+            on_event("note", {"message": str(e)})
+        return None
     except Exception as e:  # noqa: BLE001 - any failure of one run is data; the sweep goes on
-        return error_record(cfg, e)
+        return error_record(cfg, e, cfg.device)
 
 
 def claim_and_run(cfg: RunConfig, results: ResultsDir, cache: DataCache, on_event: Event | None = None,
-                  checkpoint_every_s: float = 300.0, write: bool = True) -> dict | None:
+                  checkpoint_every_s: float = 300.0, write: bool = True, deadline: float | None = None,
+                  gate: MemoryGate | None = None) -> dict | None:
     """Run `cfg` unless another process holds it or it got recorded meanwhile; write its record."""
     with results.claim(cfg.run_id) as mine:
         if not mine or cfg.run_id in results.done():
@@ -66,8 +140,8 @@ def claim_and_run(cfg: RunConfig, results: ResultsDir, cache: DataCache, on_even
         results.log("start", cfg.run_id)
         if on_event:
             on_event("start", {"run_id": cfg.run_id})
-        record = run_one(cfg, results, cache, on_event, checkpoint_every_s)
-        if write:
+        record = run_one(cfg, results, cache, on_event, checkpoint_every_s, deadline, gate)
+        if write and record is not None:
             results.write(record)
         return record
 
@@ -78,13 +152,17 @@ def pending_runs(runs: list[RunConfig], results: ResultsDir) -> list[RunConfig]:
 
 
 def slots(device: str, workers_per_device: int | None = None) -> list[str]:
-    """Device of each worker: every visible GPU (or the one named) x workers_per_device, else the CPU.
+    """Device of each worker, always with its index (cuda:N): every visible GPU (or the one named) x
+    workers_per_device, else the CPU.
 
     Default: one worker per GPU; on the CPU one single-threaded worker per core, which for F1 at B = 100
     runs 1.47x the runs per second of one worker using both cores (README, 'Performance').
     """
-    names = ([f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]) if device == "auto" \
-        else [str(resolve_device(device))]
+    if device == "auto":
+        names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+    else:
+        d = resolve_device(device)
+        names = [f"cuda:{d.index or 0}" if d.type == "cuda" else "cpu"]
     if workers_per_device is None:
         workers_per_device = (os.cpu_count() or 1) if names == ["cpu"] else 1
     return [n for n in names for _ in range(workers_per_device)]
@@ -94,19 +172,46 @@ def summarize(records: list[dict]) -> Counter:
     return Counter(r["status"] for r in records)
 
 
+class Schedule:
+    """The runs still to start, in the given order; with a deadline, only those whose estimated time (the
+    cost model at the throughput measured so far in this sweep) fits the time left. A run without a
+    throughput figure yet is started: at the deadline it pauses in its checkpoint."""
+
+    def __init__(self, runs: list[RunConfig], deadline: float | None, throughput: Throughput):
+        self.queue, self.deadline, self.throughput = list(runs), deadline, throughput
+
+    def fits(self, cfg: RunConfig) -> bool:
+        if self.deadline is None:
+            return True
+        seconds = self.throughput.seconds(cfg)
+        return time.time() < self.deadline and (seconds is None or time.time() + seconds <= self.deadline)
+
+    def next(self) -> RunConfig | None:
+        for i, cfg in enumerate(self.queue):
+            if self.fits(cfg):
+                return self.queue.pop(i)
+        return None
+
+
 # ---- the local executor: one process per slot --------------------------------------------------------
 
-_WORKER: dict = {}  # per worker process: its device, data cache and event queue (set by _init_worker)
+_WORKER: dict = {}  # per worker process: its device, data cache, event queue and memory gate
 
 
 def _init_worker(slot_queue, event_queue, threads: int, data_dir: str | None, checkpoint_every_s: float,
-                 parent: int):
+                 parent: int, gates: dict):
     _die_with_parent(parent)
     device = slot_queue.get()
+    setup_worker(device, threads)
+    _WORKER.update(device=device, cache=DataCache(data_dir), events=event_queue, checkpoint_every_s=checkpoint_every_s,
+                   gate=gates.get(device))
+
+
+def setup_worker(device: str, threads: int) -> None:
+    """A worker's device (cuda:N made current, so kernels and memory land there) and its share of the cores."""
     if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+        torch.cuda.set_device(torch.device(device).index or 0)
     torch.set_num_threads(threads)
-    _WORKER.update(device=device, cache=DataCache(data_dir), events=event_queue, checkpoint_every_s=checkpoint_every_s)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -122,72 +227,82 @@ def _die_with_parent(parent: int) -> None:
         pass
 
 
-def _worker_run(cfg: RunConfig, root: str) -> dict | None:
+def _worker_run(cfg: RunConfig, root: str, deadline: float | None) -> dict | None:
     cfg = dataclasses.replace(cfg, device=_WORKER["device"])
     events = _WORKER["events"]
     on_event = lambda kind, payload: events.put((kind, payload))  # noqa: E731
-    return claim_and_run(cfg, ResultsDir(root), _WORKER["cache"], on_event, _WORKER["checkpoint_every_s"])
+    return claim_and_run(cfg, ResultsDir(root), _WORKER["cache"], on_event, _WORKER["checkpoint_every_s"],
+                         deadline=deadline, gate=_WORKER["gate"])
 
 
 def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
               data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
-              max_restarts: int = 3) -> list[dict]:
-    """Run `runs` (longest first, as given) in one worker process per slot, or in this process if there is
-    one slot; each worker keeps its datasets on its device. A pool whose worker died is restarted."""
+              max_restarts: int = 3, deadline: float | None = None) -> list[dict]:
+    """Run `runs` (in the order given) in one worker process per slot, or in this process if there is one
+    slot; each worker keeps its datasets on its device. A pool whose worker died is restarted. With a
+    `deadline`, runs that cannot finish by then are not started and running ones pause in their checkpoints."""
     import multiprocessing as mp
     import queue
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     names = slots(device, workers_per_device)
-    # CPU results depend on the thread count, so it follows the requested layout, not the runs left
-    threads = max(1, (os.cpu_count() or 1) // len(names)) if names[0] == "cpu" else torch.get_num_threads()
+    # results on the CPU depend on the thread count, so it follows the requested layout, not the runs left
+    threads = max(1, (os.cpu_count() or 1) // len(names))
     names = names[:max(1, len(runs))]
+    throughput, finished = Throughput(), []
+
+    def done(record: dict | None) -> None:
+        if record is not None:
+            finished.append(record)
+            throughput.add(record)
+            if on_event:
+                on_event("done", record)
+
     if len(names) == 1:  # one worker: this process is it
-        cache, finished, previous = DataCache(data_dir), [], torch.get_num_threads()
+        cache, previous = DataCache(data_dir), torch.get_num_threads()
         torch.set_num_threads(threads)
+        schedule = Schedule(runs, deadline, throughput)
         try:
-            for cfg in runs:
-                record = claim_and_run(dataclasses.replace(cfg, device=names[0]), results, cache, on_event,
-                                       checkpoint_every_s)
-                if record is not None:
-                    finished.append(record)
-                    if on_event:
-                        on_event("done", record)
+            while (cfg := schedule.next()) is not None:
+                done(claim_and_run(dataclasses.replace(cfg, device=names[0]), results, cache, on_event,
+                                   checkpoint_every_s, deadline=deadline))
         finally:
             torch.set_num_threads(previous)
         return finished
     ctx = mp.get_context("spawn")
-    finished: list[dict] = []
+    shared = [n for n in set(names) if n.startswith("cuda") and names.count(n) > 1]
     for attempt in range(max_restarts + 1):
-        todo = [c for c in runs if c.run_id not in results.done()]
-        if not todo:
+        recorded = results.done()
+        schedule = Schedule([c for c in runs if c.run_id not in recorded and c.run_id not in
+                             {r["run_id"] for r in finished}], deadline, throughput)
+        if not schedule.queue:
             break
         slot_queue, event_queue = ctx.Queue(), ctx.Queue()
         for name in names:
             slot_queue.put(name)
+        gates = {n: MemoryGate(ctx) for n in shared}
         pool = ProcessPoolExecutor(len(names), mp_context=ctx, initializer=_init_worker,
                                    initargs=(slot_queue, event_queue, threads, data_dir, checkpoint_every_s,
-                                             os.getpid()))
+                                             os.getpid(), gates))
         try:
-            futures = {pool.submit(_worker_run, cfg, str(results.root)) for cfg in todo}
-            while futures:
-                done, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+            futures = set()
+            while True:
+                while len(futures) < len(names) and (cfg := schedule.next()) is not None:
+                    futures.add(pool.submit(_worker_run, cfg, str(results.root), deadline))
+                if not futures:
+                    break
+                ready, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
                 _drain(event_queue, on_event, queue.Empty)
-                for fut in done:
+                for fut in ready:
                     try:
-                        record = fut.result()
+                        done(fut.result())
                     except BrokenProcessPool:
                         raise
                     except Exception as e:  # noqa: BLE001 - e.g. a record that could not be written
                         results.log(f"failed:{type(e).__name__}")
                         if on_event:
                             on_event("note", {"message": f"a run failed outside training: {type(e).__name__}: {e}"})
-                        continue
-                    if record is not None:
-                        finished.append(record)
-                        if on_event:
-                            on_event("done", record)
             _drain(event_queue, on_event, queue.Empty)
             break
         except BrokenProcessPool:
@@ -211,17 +326,25 @@ def _drain(event_queue, on_event: Event | None, empty) -> None:
 
 # ---- the Ray executor: one task per run, the driver writes the records ------------------------------
 
-def _ray_task(cfg: RunConfig, root: str, data_dir: str | None, checkpoint_every_s: float) -> dict | None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cache = _WORKER.setdefault("cache", DataCache(data_dir))  # a Ray worker process serves many tasks
-    cfg = dataclasses.replace(cfg, device=device)
-    return claim_and_run(cfg, ResultsDir(root), cache, None, checkpoint_every_s, write=False)
+def _ray_task(cfg: RunConfig, root: str, data_dir: str | None, checkpoint_every_s: float,
+              deadline: float | None) -> dict | None:
+    if deadline is not None and time.time() >= deadline:
+        return None  # scheduled too late: leave it to the next sweep
+    cfg = dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+    cache = _WORKER.setdefault("cache", DataCache(data_dir))  # a CPU worker serves many tasks; a GPU one, one
+    return claim_and_run(cfg, ResultsDir(root), cache, None, checkpoint_every_s, write=False, deadline=deadline)
+
+
+def _gpu_memory() -> int:
+    return torch.cuda.get_device_properties(0).total_memory
 
 
 def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
-            max_retries: int = 3) -> list[dict]:
-    """Each run a Ray task (a GPU fraction each where the cluster has GPUs), retried when its worker is lost."""
+            max_retries: int = 3, deadline: float | None = None) -> list[dict]:
+    """Each run a Ray task, retried when its worker is lost. Where the cluster has GPUs a task takes
+    `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no GPU is refused),
+    and its worker process exits after it (a fresh CUDA context, data cache and allocator for every run)."""
     try:
         import ray
     except ImportError:
@@ -233,9 +356,33 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
             raise ConfigError(f"cannot reach a Ray cluster at {address!r} ({str(e).splitlines()[0]}): start one "
                               "with `ray start --head` or drop --address for a local one") from None
     gpus = gpus_per_run if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=gpus, max_retries=max_retries)
-    refs = {task.remote(cfg, str(results.root), data_dir, checkpoint_every_s): cfg for cfg in runs}
-    finished = []
+    task = ray.remote(max_calls=1)(_ray_task) if gpus else ray.remote(_ray_task)
+    total = ray.get(ray.remote(num_gpus=min(gpus, 1), max_calls=1)(_gpu_memory).remote()) if gpus else None
+    refs, finished = {}, []
+
+    def write(cfg: RunConfig, record: dict | None) -> None:
+        if record is None:
+            return
+        with results.claim(cfg.run_id) as mine:  # never over a record another sweep wrote meanwhile
+            if not mine or (record["status"] == "error" and cfg.run_id in results.done()):
+                return
+            results.write(record)
+        finished.append(record)
+        if on_event:
+            on_event("done", record)
+
+    for cfg in runs:
+        share = gpus
+        if gpus:
+            try:
+                check_fits(cfg, total)
+            except ConfigError as e:
+                write(cfg, error_record(cfg, e))
+                continue
+            share = min(1.0, max(gpus, math.ceil(100 * estimated_device_bytes(cfg) / (MEMORY_USABLE * total)) / 100))
+        ref = task.options(num_cpus=1, num_gpus=share, max_retries=max_retries).remote(
+            cfg, str(results.root), data_dir, checkpoint_every_s, deadline)
+        refs[ref] = cfg
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1)
         for ref in ready:
@@ -244,15 +391,7 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
                 record = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - lost beyond its retries, or failed outside train()
                 record = error_record(cfg, e)
-            if record is None:
-                continue
-            with results.claim(cfg.run_id) as mine:  # never over a record another sweep wrote meanwhile
-                if not mine or (record["status"] == "error" and cfg.run_id in results.done()):
-                    continue
-                results.write(record)
-            finished.append(record)
-            if on_event:
-                on_event("done", record)
+            write(cfg, record)
     return finished
 
 

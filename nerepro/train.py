@@ -27,6 +27,15 @@ CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The 
 
 
 @dataclass
+class OutOfTime(Exception):
+    """A run paused at its deadline (a sweep's --time-limit), its state saved in its checkpoint."""
+
+    def __init__(self, run_id: str, step: int):
+        super().__init__(f"{run_id} paused at step {step} (time limit); its checkpoint continues it")
+        self.run_id, self.step = run_id, step
+
+
+@dataclass
 class RunState:
     """Everything about a run in progress besides tensors; saved in checkpoints at check boundaries."""
 
@@ -39,6 +48,8 @@ class RunState:
     wall_before: float = 0.0  # wall time of earlier segments of a resumed run
     resumes: int = 0
     window: dict | None = None  # the EpochWindow of the epoch_mean readings, at the checkpoint
+    since_check: int = 0  # steps since the last check, and the sum of their minibatch losses (a checkpoint
+    minibatch_sum: float = 0.0  # between checks, when a time limit pauses the run, continues them)
     curve: dict = field(default_factory=lambda: {k: [] for k in CURVE})
 
 
@@ -80,13 +91,15 @@ def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.devic
 def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | None = None,
           progress: Progress | None = None, checkpoint: Path | None = None,
           checkpoint_every_s: float = 300.0, final_evaluation: bool = True,
-          save_weights: Path | None = None) -> dict:
+          save_weights: Path | None = None, deadline: float | None = None) -> dict:
     """Train one network with noise enhancement (Eq. 6) until L < L** (Sec. 3) and return its record.
 
     With `checkpoint`, the run's full state is saved there atomically at a check at most every
     `checkpoint_every_s` seconds, and a run that finds a checkpoint of itself continues from it.
     `final_evaluation=False` (benchmarks only) skips the exact check at max_steps and the test set.
     `save_weights` receives the final model's state dict (for `nerepro noise --weights`).
+    At `deadline` (a `time.time()` value) the run saves its checkpoint at the step it reached and raises
+    OutOfTime; the next call with the same checkpoint continues it to the record an uninterrupted run gives.
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -95,7 +108,7 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     model = build_model(cfg.network, seed=cfg.seed, ghost_batch_size=cfg.ghost_batch_size, bn_eps=cfg.bn_eps,
                         bn_momentum=cfg.bn_momentum)
     model = fastpath.place(model, cfg.network, device).train()
-    forward = fastpath.compiled(model, fastpath.compile_mode(cfg.compile, device))
+    forward = fastpath.compiled(model, fastpath.compile_mode(cfg.compile, device, cfg.network))
     precision = fastpath.autocast(cfg.precision, device)
     optimizer = make_optimizer(cfg, model.parameters(), device)
     full_reference = cfg.effective_reference == "full"
@@ -106,14 +119,28 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     state = RunState()
     saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
     if saved:
-        state = restore(saved, model, optimizer, sampler, window)
+        state = restore(saved, model, optimizer, window)
     l_star, l_star_star = cfg.target_losses
     last_save = time.perf_counter()
 
-    minibatch_sum, since_check = torch.zeros((), device=device), 0
+    def save() -> None:
+        nonlocal t_start, last_save
+        state.wall_before += time.perf_counter() - t_start
+        t_start = time.perf_counter()
+        state.window = window.state_dict() if window is not None else None
+        state.since_check, state.minibatch_sum = since_check, minibatch_sum.item()
+        save_checkpoint(checkpoint, cfg.run_id, model, optimizer, asdict(state))
+        last_save = time.perf_counter()
+
+    minibatch_sum = torch.tensor(state.minibatch_sum, device=device)  # float32, as accumulated
+    since_check = state.since_check
     t_loop = time.perf_counter()
     while state.step < cfg.max_steps:
-        idx = sampler.draw()
+        if deadline is not None and time.time() >= deadline:
+            if checkpoint:
+                save()
+            raise OutOfTime(cfg.run_id, state.step)
+        idx = sampler.draw(state.step)
         optimizer.zero_grad(set_to_none=True)
         with precision:
             if full_reference:  # Eq. (5): alpha grad L_B + (1 - alpha) grad L, the ideal NE
@@ -133,8 +160,8 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
         if state.step % cfg.check_every and not (final_evaluation and state.step == cfg.max_steps):
             continue
 
-        t_check = time.perf_counter()
         minibatch_loss = minibatch_sum.item() / since_check  # the one host sync per check_every steps
+        t_check = time.perf_counter()  # after the sync: the queued steps are not the check's cost
         minibatch_sum.zero_()
         since_check = 0
         with precision:
@@ -158,12 +185,10 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
             state.status = "diverged"
             break
         if checkpoint and time.perf_counter() - last_save >= checkpoint_every_s and state.step < cfg.max_steps:
-            state.wall_before += time.perf_counter() - t_start
-            t_start = time.perf_counter()
-            state.window = window.state_dict() if window is not None else None
-            save_checkpoint(checkpoint, cfg.run_id, model, optimizer, sampler, asdict(state))
-            last_save = time.perf_counter()
+            save()
 
+    if device.type == "cuda":  # the loop's time is the device's work, not the host's enqueueing
+        torch.cuda.synchronize(device)
     loop_s = time.perf_counter() - t_loop
     if save_weights:
         torch.save(model.state_dict(), save_weights)
@@ -180,7 +205,7 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     return record
 
 
-def restore(saved: dict, model, optimizer, sampler, window: EpochWindow | None) -> RunState:
+def restore(saved: dict, model, optimizer, window: EpochWindow | None) -> RunState:
     """A checkpoint's state loaded into the run's objects; one that does not fit starts the run over."""
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     try:  # the likeliest misfits first, before anything is changed
@@ -189,7 +214,6 @@ def restore(saved: dict, model, optimizer, sampler, window: EpochWindow | None) 
             window.load_state_dict(state.window)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(saved["sampler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         warnings.warn(f"ignoring a checkpoint that does not fit this run ({type(e).__name__}); starting over")
         model.load_state_dict(fresh)
@@ -267,6 +291,6 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "check_samples": state.check_samples,
         "resumes": state.resumes,
         "config": cfg.record_config(),
-        "provenance": {**provenance(device), "compile": fastpath.compile_mode(cfg.compile, device)},
+        "provenance": {**provenance(device), "compile": fastpath.compile_mode(cfg.compile, device, cfg.network)},
         "curve": state.curve,
     }

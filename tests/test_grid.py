@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from nerepro.errors import ConfigError
-from nerepro.grid import estimated_steps, load_grid, parse_shard, shard
+from nerepro.cost import estimated_steps
+from nerepro.grid import load_grid, load_plan, parse_shard, shard
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 B_GRID = [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 2000, 3000, 5000]
@@ -86,11 +87,12 @@ def test_estimated_steps_follow_table_2():
 
 
 def test_run_id_is_pinned():
-    """Run ids must not drift between versions or machines: records already written would be orphaned."""
+    """Run ids must not drift between versions or machines: records already written would be orphaned. (They
+    changed once, on purpose, with the device-independent sampler: test_sampling.py pins the old ones.)"""
     from nerepro import RunConfig
 
-    assert RunConfig("F1", 1.5, 2000).run_id == "F1-a1.5-b2000-s0-d9cb3e3471"
-    assert RunConfig("C1", 2.0, 300, seed=7).run_id == "C1-a2-b300-s7-88da5ee867"
+    assert RunConfig("F1", 1.5, 2000).run_id == "F1-a1.5-b2000-s0-02c5e4b131"
+    assert RunConfig("C1", 2.0, 300, seed=7).run_id == "C1-a2-b300-s7-94fc179e5c"
 
 
 @pytest.mark.parametrize("text", ['[[grid]]\nnetwork = "F1"\nalpha = 1\nbatch_size = 100\nlr = "x"\n',
@@ -105,3 +107,30 @@ def test_malformed_configs_are_config_errors(tmp_path, text):
 def test_a_directory_is_not_a_config(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_grid([tmp_path])
+
+
+def test_priorities_order_the_plan(tmp_path):
+    (tmp_path / "inc.toml").write_text('[[grid]]\nnetwork = "F1"\nalpha = 1\nbatch_size = [100, 300]\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('priority = 5\ninclude = ["inc.toml"]\n'
+                   '[[grid]]\npriority = 2\nnetwork = "F1"\nalpha = 1\nbatch_size = [300, 200]\n'
+                   '[[grid]]\nnetwork = "F1"\nalpha = 2\nbatch_size = 100\n')
+    plan = [(p, c.alpha, c.batch_size) for p, c in load_plan([cfg])]
+    # B = 300 is named at priority 5 (the include inherits the file's) and 2: it runs at 2
+    assert plan == sorted(plan, key=lambda t: t[0])
+    assert sorted(plan) == [(2, 1.0, 200), (2, 1.0, 300), (5, 1.0, 100), (5, 2.0, 100)]
+    cfg.write_text('[[grid]]\npriority = "high"\nnetwork = "F1"\nalpha = 1\nbatch_size = 100\n')
+    with pytest.raises(ConfigError, match="priority must be an integer"):
+        load_plan([cfg])
+
+
+def test_f1_config_puts_the_headline_rows_first():
+    plan = load_plan([CONFIGS / "f1.toml"])
+    points = [(p, c.alpha, c.batch_size, c.effective_stop_loss, c.effective_sampling) for p, c in plan]
+    default = ("full", "independent")
+    assert {pt[1:] for pt in points[:20]} == {(1.0, 900, *default), (1.5, 2000, *default)}  # Table 2, 10 seeds
+    assert {pt[1:] for pt in points[20:30]} == {(3.0, 5000, *default)}  # Table 3
+    assert {pt[1:3] for pt in points[30:220]} == {(1.0, 900), (1.5, 2000), (3.0, 5000)}  # their readings
+    assert {p for p, *_ in points[220:]} == {4}
+    f1 = {c.run_id for c in load_grid([CONFIGS / "paper.toml"]) if c.network == "F1"}
+    assert {c.run_id for _, c in plan} == f1 | {c.run_id for c in load_grid([CONFIGS / "protocol.toml"])}

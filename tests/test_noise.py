@@ -71,7 +71,7 @@ def test_full_reference_is_eq5():
         weights = torch.load(Path(tmp) / "w.pt")
     assert record["reference"] == "full" and record["samples_processed"] == 30 + 120
     model = build_model("F1", seed=0)
-    idx = IndependentSampler(120, 30, torch.device("cpu"), 0, second=False).draw()
+    idx = IndependentSampler(120, 30, torch.device("cpu"), 0, second=False).draw(0)
     grads = []
     for x, y in ((data.x_train[idx], data.y_train[idx]), (data.x_train, data.y_train)):
         model.zero_grad()

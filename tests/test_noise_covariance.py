@@ -26,8 +26,8 @@ def test_covariance_trace_scales_as_eq10():
     sampler = IndependentSampler(N, B, torch.device("cpu"), seed=0, second=True)
     alphas = [1.0, 1.5, 2.0, 3.0]
     sq_norms = {a: [] for a in alphas}
-    for _ in range(DRAWS):
-        idx = sampler.draw()
+    for step in range(DRAWS):
+        idx = sampler.draw(step)
         batch, batch_prime = (x[idx[:B]], y[idx[:B]]), (x[idx[B:]], y[idx[B:]])
         for a in alphas:  # the same draws for every alpha (common random numbers)
             xi = flat_grad(model, noise_enhanced_loss(model, batch, batch_prime, a)) - full
@@ -50,6 +50,6 @@ def test_plain_noise_matches_eq4_finite_population_formula():
     theory = (N - B) / (B * (N - 1)) * per_sample_trace
     sampler = IndependentSampler(N, B, torch.device("cpu"), seed=3, second=False)
     measured = torch.stack([
-        (per_sample[sampler.draw()].mean(0) - full).square().sum() for _ in range(20000)
+        (per_sample[sampler.draw(step)].mean(0) - full).square().sum() for step in range(20000)
     ]).mean().item()
     assert abs(measured / theory - 1) < 0.02, (measured, theory)  # with replacement would be off by 5%

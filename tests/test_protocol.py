@@ -29,8 +29,8 @@ def test_epoch_mean_readings_equal_an_independent_computation(stop_loss, alpha):
     sampler = make_sampler("epoch", 100, 20, CPU, 0, second=alpha != 1)
     per_step = []
     with torch.no_grad():
-        for _ in range(12):
-            idx = sampler.draw()
+        for step in range(12):
+            idx = sampler.draw(step)
             losses = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx], reduction="none")
             l_b, l_b2 = losses[:20].mean(), losses[20:].mean() if alpha != 1 else losses[:20].mean()
             per_step.append((alpha * l_b + (1 - alpha) * l_b2 if stop_loss == "ne_epoch_mean" else l_b).item())
@@ -48,8 +48,8 @@ def test_epoch_and_paired_visit_every_sample_once_per_epoch(sampling, second):
     n, b = 60, 7  # 7 does not divide 60: batches run across epoch boundaries
     sampler = make_sampler(sampling, n, b, CPU, seed=3, second=second)
     streams = {}
-    for _ in range(40):
-        idx = sampler.draw()
+    for step in range(40):
+        idx = sampler.draw(step)
         if sampling == "paired":
             streams.setdefault("pair", []).extend(idx.tolist())  # B then B': halves of one 2B chunk
         else:
@@ -63,8 +63,8 @@ def test_epoch_and_paired_visit_every_sample_once_per_epoch(sampling, second):
 
 def test_independent_draws_without_replacement_within_a_minibatch():
     sampler = IndependentSampler(50, 40, CPU, seed=0, second=True)
-    for _ in range(20):
-        idx = sampler.draw()
+    for step in range(20):
+        idx = sampler.draw(step)
         assert len(set(idx[:40].tolist())) == 40 and len(set(idx[40:].tolist())) == 40
         assert set(idx[:40].tolist()) != set(idx[40:].tolist())  # B and B' drawn independently
 

@@ -1,5 +1,6 @@
 """Sweeps survive kills, record failures as data, and agree across executors."""
 
+import importlib
 import json
 import os
 import random
@@ -180,3 +181,171 @@ def test_checkpoint_from_another_device_is_ignored(tmp_path):
     with pytest.warns(UserWarning, match="written on cuda"):
         record = train(cfg, data=data, checkpoint=ckpt, checkpoint_every_s=1e9)
     assert record["resumes"] == 0 and strip(record) == strip(train(cfg, data=data))
+
+
+# ---- the GPU logic of the executors, without a GPU ----------------------------------------------------
+
+def fake_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_slots_name_every_gpu_with_its_index(monkeypatch):
+    from nerepro.sweep import slots
+
+    fake_gpus(monkeypatch, 2)
+    assert slots("auto") == ["cuda:0", "cuda:1"]
+    assert slots("cuda", 2) == ["cuda:0", "cuda:0"]
+    assert slots("cuda:1", 3) == ["cuda:1"] * 3
+    assert slots("cpu", 2) == ["cpu", "cpu"]
+    fake_gpus(monkeypatch, 0)
+    assert slots("auto", 1) == ["cpu"]
+
+
+def test_worker_setup_selects_the_gpu_by_index_and_splits_the_cores(monkeypatch):
+    from nerepro.sweep import setup_worker
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: chosen.append(index))
+    previous = torch.get_num_threads()
+    try:
+        for name in ("cuda:0", "cuda:1"):
+            setup_worker(name, threads=1)
+        assert chosen == [0, 1] and all(isinstance(i, int) for i in chosen)
+        assert torch.get_num_threads() == 1
+        setup_worker("cpu", threads=2)
+        assert chosen == [0, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_error_record_names_the_device_it_ran_on(monkeypatch):
+    from nerepro.sweep import error_record
+
+    cfg = RunConfig(network="F1", alpha=1.0, batch_size=50)
+    fake_gpus(monkeypatch, 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90000)
+    record = error_record(cfg, RuntimeError("boom"), "cuda:0")
+    assert record["provenance"]["device_type"] == "cuda" and record["provenance"]["device"] == "Fake GPU"
+    assert error_record(cfg, RuntimeError("boom"), "cpu")["provenance"]["device_type"] == "cpu"
+
+
+def test_memory_estimates_and_refusal():
+    from nerepro.cost import estimated_device_bytes
+    from nerepro.errors import ConfigError
+    from nerepro.sweep import check_fits
+
+    gib = 2 ** 30
+    c1 = RunConfig(network="C1", alpha=1.5, batch_size=5000)
+    assert 40 * gib < estimated_device_bytes(c1) < 50 * gib  # activations of 2 x 5000 samples dominate
+    assert estimated_device_bytes(c1.replace(precision="bf16")) < estimated_device_bytes(c1)
+    assert estimated_device_bytes(c1.replace(alpha=1.0)) < 0.6 * estimated_device_bytes(c1)  # B alone
+    assert estimated_device_bytes(RunConfig(network="F1", alpha=1.5, batch_size=2000)) < 2.5 * gib
+    check_fits(c1, 80 * gib)
+    with pytest.raises(ConfigError, match=r"needs about 4\d\.\d GiB of GPU memory and the GPU has 40\.0 GiB"):
+        check_fits(c1, 40 * gib)
+
+
+def test_memory_gate_admits_in_order_while_memory_fits():
+    import multiprocessing as mp
+    import threading
+
+    from nerepro.sweep import MemoryGate
+
+    gate, events, lock = MemoryGate(mp.get_context("spawn")), [], threading.Lock()
+
+    def run(name, need, hold_s, start_s):
+        time.sleep(start_s)
+        with gate.hold(need, total=100) as admitted:
+            with lock:
+                events.append((name, "in", admitted))
+            time.sleep(hold_s)
+        with lock:
+            events.append((name, "out", admitted))
+
+    threads = [threading.Thread(target=run, args=a) for a in
+               (("big1", 60, 0.6, 0.0), ("big2", 60, 0.1, 0.1), ("small", 10, 0.1, 0.2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    order = [(n, e) for n, e, _ in events]
+    # big2 cannot fit beside big1; small arrived after big2 and waits its turn (no overtaking)
+    assert order.index(("big2", "in")) > order.index(("big1", "out"))
+    assert order.index(("small", "in")) > order.index(("big2", "in"))
+    with gate.hold(90, total=100):  # a waiter past its deadline gives up and passes its turn on
+        with gate.hold(20, total=100, deadline=time.time() + 0.2) as admitted:
+            assert not admitted
+    with gate.hold(100, total=100) as admitted:
+        assert admitted
+
+
+# ---- time limits -------------------------------------------------------------------------------------
+
+def test_run_paused_between_checks_resumes_to_the_same_record(tmp_path, monkeypatch):
+    """A deadline pauses a run at any step, not only at a check; the checkpoint continues it exactly."""
+    training = importlib.import_module("nerepro.train")  # the module (the package exports the function)
+
+    data = synthetic_data(noise=1.0)
+    cfg = RunConfig(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=90,
+                    stop_loss="epoch_mean", sampling="paired", device="cpu")
+    uninterrupted = train(cfg, data=data)
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(training.time, "time", lambda: float(next(ticks)))  # one tick per step
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(training.OutOfTime) as paused:
+        train(cfg, data=data, checkpoint=ckpt, deadline=37.0)
+    assert paused.value.step == 37
+    saved = torch.load(ckpt, weights_only=False)["state"]
+    assert saved["step"] == 37 and saved["since_check"] == 7 and saved["minibatch_sum"] > 0
+    monkeypatch.undo()
+    resumed = train(cfg, data=data, checkpoint=ckpt)
+    assert resumed["resumes"] == 1 and strip(resumed) == strip(uninterrupted)
+
+
+LONG_GRID = """seeds = 2
+[settings]
+max_steps = 300
+l_star_star = 1e-9
+check_chunk = 100
+[[grid]]
+network = "F1"
+alpha = [1.0, 2.0]
+batch_size = [10, 20]
+"""
+
+
+def test_sweep_time_limit_exits_cleanly_and_a_rerun_continues(tmp_path, fake_fmnist_root):
+    config = write_config(tmp_path / "grid.toml", LONG_GRID)
+    results = tmp_path / "results"
+    start = time.time()
+    out = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, "--time-limit", "8s"), capture_output=True,
+                         text=True)
+    elapsed = time.time() - start
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert elapsed < 8 + 6, elapsed  # the limit, plus starting Python and torch before the sweep's clock
+    summary = out.stdout.strip().splitlines()[-1]
+    assert summary.startswith("time limit 8 s reached") and "rerun the same command to continue" in summary
+    recorded = {p.stem for p in (results / "runs").glob("*.json")}
+    paused = {p.stem for p in (results / "checkpoints").glob("*.pt")}
+    assert len(recorded) < 8 and paused and not recorded & paused
+    assert f"({len(paused)} paused in checkpoints" in summary
+    assert all(read_record(results / "runs" / f"{r}.json")["status"] == "not_converged" for r in recorded)
+    again = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    records = {p.stem: read_record(p) for p in (results / "runs").glob("*.json")}
+    assert len(records) == 8 and not list((results / "checkpoints").glob("*.pt"))
+    from nerepro import data as datasets
+    from nerepro.grid import load_grid
+
+    data = datasets.load("fashion-mnist", fake_fmnist_root)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the sweep's two workers on this machine's cores
+    try:
+        for cfg in load_grid([config]):
+            if cfg.run_id in paused:
+                assert records[cfg.run_id]["resumes"] == 1
+                assert strip(records[cfg.run_id]) == strip(train(cfg.replace(device="cpu"), data=data))
+    finally:
+        torch.set_num_threads(previous)

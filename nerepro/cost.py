@@ -1,0 +1,120 @@
+"""What a run costs before it runs: steps, samples, seconds at a measured throughput, device memory.
+
+The sweep orders runs by these estimates, `--dry-run` prints them, `--time-limit` starts only runs that fit
+the time left, and GPU executors never put runs on one device whose memory together cannot fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .paper import table_2
+
+TRAIN_SIZE = {"F1": 60_000, "C1": 50_000, "C2": 50_000}  # training samples of each network's dataset
+TEST_SIZE = {"F1": 10_000, "C1": 10_000, "C2": 10_000}
+INPUT_SHAPE = {"F1": (1, 28, 28), "C1": (3, 32, 32), "C2": (3, 32, 32)}
+DEVICE_OVERHEAD = 1.5 * 2 ** 30  # CUDA context, cuDNN/cuBLAS workspaces, allocator slack (bytes)
+
+
+def _reference_steps() -> dict[str, tuple[int, float]]:
+    """Per network, (B_opt, convergence steps) at alpha = 1 from the paper's Table 2."""
+    return {r["network"]: (int(r["b_opt"]), float(r["convergence_steps_mean"]))
+            for r in table_2() if float(r["alpha"]) == 1.0}
+
+
+def n_train(cfg: RunConfig) -> int:
+    return cfg.subset or TRAIN_SIZE[cfg.network]
+
+
+def estimated_steps(cfg: RunConfig, reference: dict | None = None) -> int:
+    """A rough guess of a run's steps to L**: Table 2's alpha = 1 time scaled by sqrt(B_opt / B).
+
+    The square-root rule matches Table 2's other rows within about 25%. A run on a subset is assumed to
+    need as many epochs, i.e. proportionally fewer steps. Capped at max_steps. The guess orders runs
+    (longest first) and sizes a sweep before it starts.
+    """
+    b_ref, steps_ref = (reference or _reference_steps())[cfg.network]
+    steps = steps_ref * math.sqrt(b_ref / cfg.batch_size)
+    if cfg.subset:
+        steps *= min(1.0, cfg.subset / TRAIN_SIZE[cfg.network])
+    return int(min(cfg.max_steps, max(steps, cfg.check_every)))
+
+
+def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:
+    """Training samples a run is expected to read (each NE step reads 2B)."""
+    return estimated_steps(cfg, reference) * cfg.samples_per_step(n_train(cfg))
+
+
+class Throughput:
+    """Steps per second measured on the runs finished so far in this sweep, to turn estimated steps into
+    seconds: per (network, B, alpha != 1) where such a run finished, else per network in samples per
+    second, else unknown (None)."""
+
+    def __init__(self):
+        self.steps, self.samples = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0.0])
+
+    def add(self, record: dict) -> None:
+        seconds = record.get("wall_s")
+        if record.get("status") in (None, "error") or not seconds or record.get("resumes"):
+            return  # a resumed run's wall time covers segments this sweep did not see
+        key = (record["network"], record["batch_size"], record["alpha"] != 1)
+        self.steps[key][0] += record["steps"]
+        self.steps[key][1] += seconds
+        self.samples[record["network"]][0] += record["samples_processed"]
+        self.samples[record["network"]][1] += seconds
+
+    def seconds(self, cfg: RunConfig) -> float | None:
+        steps, s = self.steps.get((cfg.network, cfg.batch_size, cfg.alpha != 1), (0, 0.0))
+        if steps:
+            return estimated_steps(cfg) * s / steps
+        samples, s = self.samples.get(cfg.network, (0, 0.0))
+        return estimated_samples(cfg) * s / samples if samples else None
+
+
+@lru_cache(maxsize=None)
+def activation_bytes_per_sample(network: str, precision: str = "fp32") -> float:
+    """Bytes autograd keeps per training sample between forward and backward (eager; a compiled model keeps
+    at most this): measured once per process on the CPU from the tensors saved for backward of a one- and
+    a two-sample batch (ghost batches of one sample: the same shapes), each storage counted once."""
+    from .models import build_model
+
+    def saved(n: int) -> int:
+        model = build_model(network, ghost_batch_size=1).train()
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x, y = torch.rand(n, *INPUT_SHAPE[network]), torch.zeros(n, dtype=torch.long)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            F.cross_entropy(model(x), y)
+        return sum(storages.values())
+
+    return float(saved(2) - saved(1))
+
+
+def parameter_count(network: str) -> int:
+    from .models import build_model
+
+    return sum(p.numel() for p in build_model(network).parameters())
+
+
+def estimated_device_bytes(cfg: RunConfig) -> float:
+    """Device memory a run needs: the dataset held whole, weights with gradients and Adam's two moments, the
+    activations of one step (B, or 2B with NE; a chunk of the full-gradient reference), and overhead."""
+    pixels = math.prod(INPUT_SHAPE[cfg.network])
+    data = (TRAIN_SIZE[cfg.network] + TEST_SIZE[cfg.network]) * (pixels * 4 + 8)
+    weights = 4 * 4 * parameter_count(cfg.network)
+    step_samples = cfg.batch_size * (1 if cfg.alpha == 1 else 2)
+    if cfg.effective_reference == "full":
+        step_samples = max(cfg.batch_size, min(cfg.check_chunk, n_train(cfg)))
+    activations = step_samples * activation_bytes_per_sample(cfg.network, cfg.precision)
+    return data + weights + activations + DEVICE_OVERHEAD
