@@ -4,11 +4,11 @@
 # On a machine with one CUDA GPU, a preinstalled torch, Fashion-MNIST in $NEREPRO_DATA and no network; nothing
 # is installed, nerepro runs from this checkout. In order, each step under its share of the budget:
 #   1. `pytest -m gpu` and a smoke of train (F1, C1, C2 in fp32 and bf16; random data of CIFAR's shape where
-#      CIFAR is absent) and of a two-worker sweep (configs/smoke.toml)            ~15%
+#      CIFAR is absent) and of a two-worker sweep (configs/smoke.toml)            ~20%
 # Records carry the commit from $NEREPRO_GIT_COMMIT where the checkout has no .git.
 #   2. configs/f1.toml, most valuable runs first, under `--time-limit`: the rest of the budget
-#   3. `nerepro bench`: F1 and C1 in fp32/TF32 and bf16, timed after a device synchronisation   ~25%
-#   4. the report (tables, figures, claims, protocol) of whatever finished          ~10%
+#   3. `nerepro bench`: F1 and C1 in fp32/TF32 and bf16, timed after a device synchronisation   ~20%
+#   4. the report (tables, figures, claims, protocol) of whatever finished          ~7%, at least 20 s
 # OUTDIR receives at most 8 files: results.tar.gz (records, checkpoints of paused runs, reports, sweep log),
 # summary.md, logs.tar.gz, env.txt, bench.jsonl, smoke.jsonl. RESUME=OUTDIR/results.tar.gz continues an earlier
 # session's sweep (its checkpoints included). Environment: PYTHON (python3), DEVICE (cuda), SEEDS (10),
@@ -34,9 +34,9 @@ mkdir -p "$results" "$logs"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 summary=$work/summary.md
 pack_s=10
-report_s=$(( budget / 10 > 20 ? budget / 10 : 20 ))
-bench_s=$(( budget / 4 ))
-checks_s=$(( budget * 15 / 100 ))
+report_s=$(( budget * 7 / 100 > 20 ? budget * 7 / 100 : 20 ))
+bench_s=$(( budget / 5 ))
+checks_s=$(( budget / 5 ))
 
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( start + budget - pack_s - $(date +%s) )); }  # seconds before packing must begin
@@ -119,10 +119,10 @@ if [ "$DEVICE" = cpu ]; then  # a CPU trains C1/C2 too slowly for a rehearsal: F
   echo "| pytest-gpu | skipped: no CUDA device (rehearsal) | |" >> "$summary"
   smoke=(--steps 3 --networks F1)
 else
-  step pytest-gpu $(( checks_s * 2 / 3 )) "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
+  step pytest-gpu $(( checks_s * 45 / 100 )) "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
   smoke=(--steps 20)
 fi
-step smoke $(( t1 - $(date +%s) )) "$PY" scripts/gpu_smoke.py --device "$DEVICE" "${smoke[@]}"
+step smoke $(( t1 - $(date +%s) - checks_s / 4 )) "$PY" scripts/gpu_smoke.py --device "$DEVICE" "${smoke[@]}"
 if [ "$DEVICE" != cpu ]; then
   step smoke-sweep $(( t1 - $(date +%s) )) "$PY" -m nerepro sweep configs/smoke.toml --results "$work/smoke-sweep" \
     --device "$DEVICE" --workers-per-device 2

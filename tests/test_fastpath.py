@@ -178,11 +178,11 @@ def test_cuda_fast_path_matches_the_cpu_plain_path_step_by_step(network, batch, 
     """The same minibatches on both devices: every step's minibatch loss within fp32 (F1: matmuls stay fp32)
     or TF32 (C1's convolutions) rounding of the CPU's."""
     data = synthetic_data(n_train=400, n_test=100, shape=(1, 28, 28) if network == "F1" else (3, 32, 32))
-    run = cfg(network=network, batch_size=batch, check_every=1, max_steps=20, compile="off")
+    run = cfg(network=network, batch_size=batch, check_every=1, max_steps=10, compile="off")
     plain = train(run, data=data)
     fast = train(run.replace(device="cuda"), data=data)
     assert fast["provenance"]["device_type"] == "cuda" and fast["run_id"] == plain["run_id"]
-    assert len(fast["curve"]["minibatch_loss"]) == 20
+    assert len(fast["curve"]["minibatch_loss"]) == 10
     for a, b in zip(plain["curve"]["minibatch_loss"], fast["curve"]["minibatch_loss"]):
         assert b == pytest.approx(a, rel=rel)
 
