@@ -9,10 +9,11 @@
 #   2. configs/f1.toml, most valuable runs first, under `--time-limit`: the rest of the budget
 #   3. `nerepro bench`: F1 and C1 in fp32/TF32 and bf16, timed after a device synchronisation   ~20%
 #   4. the report (tables, figures, claims, protocol) of whatever finished          ~7%, at least 20 s
-# OUTDIR receives at most 8 files: results.tar.gz (records, checkpoints of paused runs, reports, sweep log),
-# summary.md, logs.tar.gz, env.txt, bench.jsonl, smoke.jsonl. RESUME=OUTDIR/results.tar.gz continues an earlier
-# session's sweep (its checkpoints included). Environment: PYTHON (python3), DEVICE (cuda), SEEDS (10),
-# WORKERS (workers per GPU for the F1 sweep, 4), CONFIG (configs/f1.toml; several, space-separated).
+# OUTDIR receives at most 8 files: results.tar.gz (records, reports, sweep log), checkpoints.tar.gz (paused
+# runs), summary.md, logs.tar.gz, env.txt, bench.jsonl, smoke.jsonl. RESUME="OUTDIR/results.tar.gz
+# OUTDIR/checkpoints.tar.gz" continues an earlier session's sweep. Environment: PYTHON (python3), DEVICE
+# (cuda), SEEDS (10), WORKERS (workers per GPU for the F1 sweep, 4), CONFIG (configs/f1.toml; several,
+# space-separated), STAGES (which of checks sweep bench report to run; all).
 # Rehearsal on a CPU (the CUDA-only steps reported as skipped): DEVICE=cpu SEEDS=1 scripts/gpu_session.sh OUT 90
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -83,7 +84,9 @@ pack() {
   [ -f "$logs/env.txt" ] && cp "$logs/env.txt" "$out/env.txt"
   [ -f "$work/bench.jsonl" ] && cp "$work/bench.jsonl" "$out/bench.jsonl"
   grep -h '^{' "$logs/smoke.log" > "$out/smoke.jsonl" 2>/dev/null
-  tar -czf "$out/results.tar.gz" -C "$work" results
+  # checkpoints apart: a paused F1 run's is 23 MB (weights and Adam's moments), too big for some hand-backs
+  tar -czf "$out/results.tar.gz" -C "$work" --exclude=results/checkpoints results
+  tar -czf "$out/checkpoints.tar.gz" -C "$work" results/checkpoints
   tar -czf "$out/logs.tar.gz" -C "$work" logs
   rm -rf "$work"
 }
@@ -109,28 +112,36 @@ trap pack EXIT
   echo "NEREPRO_DATA=${NEREPRO_DATA:-unset}"
 } > "$logs/env.txt" 2>&1
 
-if [ -n "${RESUME:-}" ]; then
-  step resume 60 tar -xzf "$RESUME" -C "$work"
-fi
+for archive in ${RESUME:-}; do
+  step "resume-$(basename "$archive" .tar.gz)" 60 tar -xzf "$archive" -C "$work"
+done
+STAGES=${STAGES:-checks sweep bench report}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # 1. correctness on this device
+stage checks || checks_s=0
+stage bench || bench_s=0
 t1=$(( $(date +%s) + checks_s ))
-if [ "$DEVICE" = cpu ]; then  # a CPU trains C1/C2 too slowly for a rehearsal: F1 here, C1 in the benchmarks
+if ! stage checks; then
+  echo "| checks | not asked for (STAGES) | |" >> "$summary"
+elif [ "$DEVICE" = cpu ]; then  # a CPU trains C1/C2 too slowly for a rehearsal: F1 here, C1 in the benchmarks
   echo "| pytest-gpu | skipped: no CUDA device (rehearsal) | |" >> "$summary"
   smoke=(--steps 3 --networks F1)
 else
-  step pytest-gpu $(( checks_s * 45 / 100 )) "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
+  step pytest-gpu $(( checks_s * 45 / 100 )) "$PY" -m pytest -q -rf --tb=short -p no:cacheprovider -m gpu tests
   smoke=(--steps 20)
 fi
-step smoke $(( t1 - $(date +%s) - checks_s / 4 )) "$PY" scripts/gpu_smoke.py --device "$DEVICE" "${smoke[@]}"
-if [ "$DEVICE" != cpu ]; then
+stage checks && step smoke $(( t1 - $(date +%s) - checks_s / 4 )) "$PY" scripts/gpu_smoke.py --device "$DEVICE" "${smoke[@]}"
+if stage checks && [ "$DEVICE" != cpu ]; then
   step smoke-sweep $(( t1 - $(date +%s) )) "$PY" -m nerepro sweep configs/smoke.toml --results "$work/smoke-sweep" \
     --device "$DEVICE" --workers-per-device 2
 fi
 
 # 2. the F1 sweep, headline rows first, until the time reserved for the benchmarks and the report
 sweep_s=$(( $(left) - bench_s - report_s ))
-if (( sweep_s > 10 )); then
+if ! stage sweep; then
+  echo "| sweep | not asked for (STAGES) | |" >> "$summary"
+elif (( sweep_s > 10 )); then
   read -ra configs <<< "$CONFIG"
   step sweep $(( sweep_s + 15 )) "$PY" -m nerepro sweep "${configs[@]}" --results "$results" --seeds "$SEEDS" \
     --network F1 --device "$DEVICE" --workers-per-device "$([ "$DEVICE" = cpu ] && echo 1 || echo "$WORKERS")" \
@@ -147,7 +158,9 @@ bench() {
   step "bench-$name" $(( bench_end - $(date +%s) )) "$PY" -m nerepro bench --device "$DEVICE" --json "$@"
   grep -h '^{' "$logs/bench-$name.log" >> "$work/bench.jsonl" 2>/dev/null
 }
-if [ "$DEVICE" = cpu ]; then
+if ! stage bench; then
+  echo "| bench | not asked for (STAGES) | |" >> "$summary"
+elif [ "$DEVICE" = cpu ]; then
   bench f1-b1000 --network F1 --batch-size 1000 --alpha 1.5 --steps 5 --warmup 1
   bench c1-b100 --network C1 --batch-size 100 --alpha 1 --steps 1 --warmup 0 --precision bf16
 else
@@ -162,7 +175,9 @@ fi
 cat "$logs"/bench-*.log > "$logs/bench.log" 2>/dev/null
 
 # 4. the report of whatever finished
-if ls "$results"/runs/*.json > /dev/null 2>&1; then
+if ! stage report; then
+  echo "| report | not asked for (STAGES) | |" >> "$summary"
+elif ls "$results"/runs/*.json > /dev/null 2>&1; then
   for command in collect tables plots claims protocol; do
     step "report-$command" "$(left)" "$PY" -m nerepro "$command" --results "$results"
   done
