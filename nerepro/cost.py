@@ -52,12 +52,14 @@ def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:
 
 
 class Throughput:
-    """Steps per second measured on the runs finished so far in this sweep, to turn estimated steps into
-    seconds: per (network, B, alpha != 1) where such a run finished, else per network in samples per
-    second, else unknown (None)."""
+    """Seconds a run should take at the speed measured on the runs finished so far in this sweep: from the
+    steps per second of runs at the same (network, B, alpha != 1) where one finished; else the larger of
+    two guesses from the network's other runs, at their steps per second (right where steps cost the same
+    whatever B, as on a GPU that launch overhead bounds) and at their samples per second (right where
+    cost grows with B, as on a CPU); else unknown (None)."""
 
     def __init__(self):
-        self.steps, self.samples = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0.0])
+        self.steps, self.samples = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0, 0.0])
 
     def add(self, record: dict) -> None:
         seconds = record.get("wall_s")
@@ -66,15 +68,17 @@ class Throughput:
         key = (record["network"], record["batch_size"], record["alpha"] != 1)
         self.steps[key][0] += record["steps"]
         self.steps[key][1] += seconds
-        self.samples[record["network"]][0] += record["samples_processed"]
-        self.samples[record["network"]][1] += seconds
+        network = self.samples[record["network"]]
+        network[0] += record["steps"]
+        network[1] += record["samples_processed"]
+        network[2] += seconds
 
     def seconds(self, cfg: RunConfig) -> float | None:
         steps, s = self.steps.get((cfg.network, cfg.batch_size, cfg.alpha != 1), (0, 0.0))
         if steps:
             return estimated_steps(cfg) * s / steps
-        samples, s = self.samples.get(cfg.network, (0, 0.0))
-        return estimated_samples(cfg) * s / samples if samples else None
+        steps, samples, s = self.samples.get(cfg.network, (0, 0, 0.0))
+        return max(estimated_steps(cfg) / steps, estimated_samples(cfg) / samples) * s if steps else None
 
 
 @lru_cache(maxsize=None)

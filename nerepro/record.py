@@ -106,6 +106,10 @@ def check_writable(directory: Path) -> Path:
 
 @lru_cache(maxsize=None)
 def _git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout; $NEREPRO_GIT_COMMIT, where set, names the commit of a copied checkout
+    whose .git is missing or stale (a GPU box, a cluster), its dirty flag then unknown."""
+    if os.environ.get("NEREPRO_GIT_COMMIT"):
+        return os.environ["NEREPRO_GIT_COMMIT"], None
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -113,8 +117,8 @@ def _git_state() -> tuple[str | None, bool | None]:
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
         return commit, dirty
-    except (OSError, subprocess.SubprocessError):  # a copy of the checkout without .git (a GPU box, a cluster)
-        return os.environ.get("NEREPRO_GIT_COMMIT"), None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
 
 
 def device_name(device: torch.device) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import time
@@ -35,6 +36,8 @@ class DataCache:
     def get(self, cfg: RunConfig, device: torch.device) -> datasets.Data:
         key = (datasets.NETWORK_DATASET[cfg.network], str(device))
         if key not in self.loaded:
+            if device.type == "cuda":  # one dataset per GPU at a time: the memory estimates count one
+                self.loaded = {k: v for k, v in self.loaded.items() if k[1] != key[1]}
             self.loaded[key] = datasets.load(key[0], self.data_dir, device)
         return self.loaded[key]
 
@@ -70,29 +73,24 @@ def check_fits(cfg: RunConfig, total: int | None) -> None:
 
 
 class MemoryGate:
-    """Runs that share one GPU (several workers per device) start in arrival order, each once the memory the
-    runs already on the GPU are estimated to need leaves room for its own estimate (cost.py)."""
+    """Runs that share one GPU (several workers per device) each start once the memory the runs already on
+    the GPU are estimated to need leaves room for its own estimate (cost.py)."""
 
     def __init__(self, ctx):
         self.cond = ctx.Condition()
         self.free = ctx.Value("q", -1, lock=False)  # MiB not promised to a run; -1 until a worker reads the GPU
-        self.tickets = ctx.Value("q", 0, lock=False)
-        self.serving = ctx.Value("q", 0, lock=False)
 
     @contextlib.contextmanager
     def hold(self, need: int, total: int, deadline: float | None = None):
         """Hold `need` MiB of a GPU of `total` MiB while the block runs; yields False if the deadline came first."""
+        need = min(need, total)  # a run check_fits accepted always fits an idle GPU
         with self.cond:
             if self.free.value < 0:
                 self.free.value = total
-            ticket = self.tickets.value
-            self.tickets.value += 1
-            admitted = self.cond.wait_for(lambda: self.serving.value == ticket and self.free.value >= need,
+            admitted = self.cond.wait_for(lambda: self.free.value >= need,
                                           timeout=None if deadline is None else max(0.0, deadline - time.time()))
-            self.serving.value = max(self.serving.value, ticket + 1)  # a waiter that gave up passes its turn on
             if admitted:
                 self.free.value -= need
-            self.cond.notify_all()
         try:
             yield admitted
         finally:
@@ -111,23 +109,30 @@ def run_one(cfg: RunConfig, results: ResultsDir, cache: DataCache, on_event: Eve
         device = resolve_device(cfg.device)
         total = device_memory(device)
         check_fits(cfg, total)
-        progress = (lambda step, loss: on_event("check", {"run_id": cfg.run_id, "step": step, "loss": loss})) \
-            if on_event else None
         need = math.ceil(estimated_device_bytes(cfg) / 2 ** 20) if gate is not None else 0
-        with gate.hold(need, int(MEMORY_USABLE * total / 2 ** 20), deadline) if gate is not None \
-                else contextlib.nullcontext(True) as admitted:
-            if not admitted:
-                return None
+    except Exception as e:  # noqa: BLE001 - any failure of one run is data; the sweep goes on
+        return error_record(cfg, e, cfg.device)
+    with gate.hold(need, int(MEMORY_USABLE * total / 2 ** 20), deadline) if gate is not None \
+            else contextlib.nullcontext(True) as admitted:
+        if not admitted:
+            return None
+        try:
+            progress = (lambda step, loss: on_event("check", {"run_id": cfg.run_id, "step": step, "loss": loss})) \
+                if on_event else None
             return train(cfg, data=cache.get(cfg, device), progress=progress,
                          checkpoint=results.checkpoint_path(cfg.run_id), checkpoint_every_s=checkpoint_every_s,
                          deadline=deadline)
-    except OutOfTime as e:
-        results.log(f"paused:{e.step}", cfg.run_id)
-        if on_event:
-            on_event("note", {"message": str(e)})
-        return None
-    except Exception as e:  # noqa: BLE001 - any failure of one run is data; the sweep goes on
-        return error_record(cfg, e, cfg.device)
+        except OutOfTime as e:
+            results.log(f"paused:{e.step}", cfg.run_id)
+            if on_event:
+                on_event("note", {"message": str(e)})
+            return None
+        except Exception as e:  # noqa: BLE001
+            return error_record(cfg, e, cfg.device)
+        finally:  # the exception (and the run's frames it holds) is gone here
+            if device.type == "cuda":  # hand the run's memory back before the gate counts it free
+                gc.collect()
+                torch.cuda.empty_cache()
 
 
 def claim_and_run(cfg: RunConfig, results: ResultsDir, cache: DataCache, on_event: Event | None = None,
@@ -175,16 +180,18 @@ def summarize(records: list[dict]) -> Counter:
 class Schedule:
     """The runs still to start, in the given order; with a deadline, only those whose estimated time (the
     cost model at the throughput measured so far in this sweep) fits the time left. A run without a
-    throughput figure yet is started: at the deadline it pauses in its checkpoint."""
+    throughput figure yet is started while a quarter of the time is left (it may compile first; at the
+    deadline it pauses in its checkpoint)."""
 
     def __init__(self, runs: list[RunConfig], deadline: float | None, throughput: Throughput):
         self.queue, self.deadline, self.throughput = list(runs), deadline, throughput
+        self.unknown_until = None if deadline is None else deadline - 0.25 * max(0.0, deadline - time.time())
 
     def fits(self, cfg: RunConfig) -> bool:
         if self.deadline is None:
             return True
-        seconds = self.throughput.seconds(cfg)
-        return time.time() < self.deadline and (seconds is None or time.time() + seconds <= self.deadline)
+        seconds, now = self.throughput.seconds(cfg), time.time()
+        return now + seconds <= self.deadline if seconds is not None else now <= self.unknown_until
 
     def next(self) -> RunConfig | None:
         for i, cfg in enumerate(self.queue):
@@ -342,7 +349,8 @@ def _gpu_memory() -> int:
 def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
             max_retries: int = 3, deadline: float | None = None) -> list[dict]:
-    """Each run a Ray task, retried when its worker is lost. Where the cluster has GPUs a task takes
+    """Each run a Ray task, retried when its worker is lost, submitted in order as the cluster has room (so a
+    deadline stops submission, as in the local executor). Where the cluster has GPUs a task takes
     `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no GPU is refused),
     and its worker process exits after it (a fresh CUDA context, data cache and allocator for every run)."""
     try:
@@ -355,10 +363,13 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"cannot reach a Ray cluster at {address!r} ({str(e).splitlines()[0]}): start one "
                               "with `ray start --head` or drop --address for a local one") from None
-    gpus = gpus_per_run if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    resources = ray.cluster_resources()
+    gpus = gpus_per_run if resources.get("GPU", 0) > 0 else 0
+    capacity = max(1, int(resources["GPU"] / gpus) if gpus else int(resources.get("CPU", 1)))
     task = ray.remote(max_calls=1)(_ray_task) if gpus else ray.remote(_ray_task)
     total = ray.get(ray.remote(num_gpus=min(gpus, 1), max_calls=1)(_gpu_memory).remote()) if gpus else None
-    refs, finished = {}, []
+    throughput, finished, refs = Throughput(), [], {}
+    schedule = Schedule(runs, deadline, throughput)
 
     def write(cfg: RunConfig, record: dict | None) -> None:
         if record is None:
@@ -368,22 +379,25 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
                 return
             results.write(record)
         finished.append(record)
+        throughput.add(record)
         if on_event:
             on_event("done", record)
 
-    for cfg in runs:
-        share = gpus
-        if gpus:
-            try:
-                check_fits(cfg, total)
-            except ConfigError as e:
-                write(cfg, error_record(cfg, e))
-                continue
-            share = min(1.0, max(gpus, math.ceil(100 * estimated_device_bytes(cfg) / (MEMORY_USABLE * total)) / 100))
-        ref = task.options(num_cpus=1, num_gpus=share, max_retries=max_retries).remote(
-            cfg, str(results.root), data_dir, checkpoint_every_s, deadline)
-        refs[ref] = cfg
-    while refs:
+    while True:
+        while len(refs) < capacity and (cfg := schedule.next()) is not None:
+            share = gpus
+            if gpus:
+                try:
+                    check_fits(cfg, total)
+                except ConfigError as e:
+                    write(cfg, error_record(cfg, e))
+                    continue
+                need = math.ceil(100 * estimated_device_bytes(cfg) / (MEMORY_USABLE * total)) / 100
+                share = max(gpus, min(1.0, need))
+            refs[task.options(num_cpus=1, num_gpus=share, max_retries=max_retries).remote(
+                cfg, str(results.root), data_dir, checkpoint_every_s, deadline)] = cfg
+        if not refs:
+            return finished
         ready, _ = ray.wait(list(refs), num_returns=1)
         for ref in ready:
             cfg = refs.pop(ref)
@@ -392,7 +406,6 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
             except Exception as e:  # noqa: BLE001 - lost beyond its retries, or failed outside train()
                 record = error_record(cfg, e)
             write(cfg, record)
-    return finished
 
 
 def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", **options) -> list[dict]:

@@ -26,13 +26,15 @@ Progress = Callable[[int, str], None]  # called at every check with (step, "L=..
 CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The record'
 
 
-@dataclass
 class OutOfTime(Exception):
     """A run paused at its deadline (a sweep's --time-limit), its state saved in its checkpoint."""
 
     def __init__(self, run_id: str, step: int):
         super().__init__(f"{run_id} paused at step {step} (time limit); its checkpoint continues it")
         self.run_id, self.step = run_id, step
+
+    def __reduce__(self):  # picklable across processes
+        return type(self), (self.run_id, self.step)
 
 
 @dataclass

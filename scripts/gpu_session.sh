@@ -5,7 +5,7 @@
 # is installed, nerepro runs from this checkout. In order, each step under its share of the budget:
 #   1. `pytest -m gpu` and a smoke of train (F1, C1, C2 in fp32 and bf16; random data of CIFAR's shape where
 #      CIFAR is absent) and of a two-worker sweep (configs/smoke.toml)            ~20%
-# Records carry the commit from $NEREPRO_GIT_COMMIT where the checkout has no .git.
+# Records carry the commit named by $NEREPRO_GIT_COMMIT where set (a copied checkout's .git may be missing or stale).
 #   2. configs/f1.toml, most valuable runs first, under `--time-limit`: the rest of the budget
 #   3. `nerepro bench`: F1 and C1 in fp32/TF32 and bf16, timed after a device synchronisation   ~20%
 #   4. the report (tables, figures, claims, protocol) of whatever finished          ~7%, at least 20 s
@@ -16,18 +16,26 @@
 # space-separated), STAGES (which of checks sweep bench report to run; all).
 # Rehearsal on a CPU (the CUDA-only steps reported as skipped): DEVICE=cpu SEEDS=1 scripts/gpu_session.sh OUT 90
 set -uo pipefail
-cd "$(dirname "$0")/.."
-
 out=${1:?usage: scripts/gpu_session.sh OUTDIR [SECONDS]}
 budget=${2:-600}
+if ! [[ "$budget" =~ ^[0-9]+$ ]] || (( budget < 30 )); then
+  echo "gpu_session.sh: SECONDS must be a whole number of seconds, at least 30, got '$budget'" >&2
+  exit 2
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+resume=()
+for archive in ${RESUME:-}; do  # paths as the caller gave them, before the cd below
+  resume+=("$(cd "$(dirname "$archive")" && pwd)/$(basename "$archive")")
+done
+cd "$(dirname "$0")/.."
+
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-10}
 WORKERS=${WORKERS:-4}
 CONFIG=${CONFIG:-configs/f1.toml}
 start=$(date +%s)
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
 work=$(mktemp -d)
 results=$work/results
 logs=$work/logs
@@ -47,7 +55,7 @@ step() {
   local name=$1 limit=$2
   shift 2
   local room
-  room=$(left)
+  room=$(( $(left) - 5 ))  # timeout's --kill-after grace stays inside the budget
   (( limit > room )) && limit=$room
   if (( limit < 3 )); then
     echo "| $name | skipped: no time left | |" >> "$summary"
@@ -83,21 +91,26 @@ pack() {
   cp "$summary" "$out/summary.md"
   [ -f "$logs/env.txt" ] && cp "$logs/env.txt" "$out/env.txt"
   [ -f "$work/bench.jsonl" ] && cp "$work/bench.jsonl" "$out/bench.jsonl"
-  grep -h '^{' "$logs/smoke.log" > "$out/smoke.jsonl" 2>/dev/null
+  grep -h '^{' "$logs/smoke.log" > "$work/smoke.jsonl" 2>/dev/null && cp "$work/smoke.jsonl" "$out/smoke.jsonl"
   # checkpoints apart: a paused F1 run's is 23 MB (weights and Adam's moments), too big for some hand-backs
   tar -czf "$out/results.tar.gz" -C "$work" --exclude=results/checkpoints results
-  tar -czf "$out/checkpoints.tar.gz" -C "$work" results/checkpoints
+  if [ -n "$(ls -A "$results/checkpoints" 2>/dev/null)" ]; then
+    tar -czf "$out/checkpoints.tar.gz" -C "$work" results/checkpoints
+  fi
   tar -czf "$out/logs.tar.gz" -C "$work" logs
   rm -rf "$work"
 }
 trap pack EXIT
 
+commit=${NEREPRO_GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+if [ -z "${NEREPRO_GIT_COMMIT:-}" ] && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  commit="$commit (with uncommitted changes)"
+fi
 {
   echo "# GPU session: nerepro"
   echo
   echo "Budget ${budget} s; device ${DEVICE}; config ${CONFIG}; ${SEEDS} seeds; ${WORKERS} workers per GPU;"\
-       "started $(date -u +%Y-%m-%dT%H:%M:%SZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo "${NEREPRO_GIT_COMMIT:-unknown}")"\
-       "$( [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo '(with uncommitted changes)')."
+       "started $(date -u +%Y-%m-%dT%H:%M:%SZ); commit ${commit}."
   echo
   echo "| step | status | time |"
   echo "|---|---|---|"
@@ -112,7 +125,7 @@ trap pack EXIT
   echo "NEREPRO_DATA=${NEREPRO_DATA:-unset}"
 } > "$logs/env.txt" 2>&1
 
-for archive in ${RESUME:-}; do
+for archive in "${resume[@]}"; do
   step "resume-$(basename "$archive" .tar.gz)" 60 tar -xzf "$archive" -C "$work"
 done
 STAGES=${STAGES:-checks sweep bench report}
@@ -121,6 +134,7 @@ stage() { [[ " $STAGES " == *" $1 "* ]]; }
 # 1. correctness on this device
 stage checks || checks_s=0
 stage bench || bench_s=0
+stage report || report_s=0
 t1=$(( $(date +%s) + checks_s ))
 if ! stage checks; then
   echo "| checks | not asked for (STAGES) | |" >> "$summary"
@@ -138,12 +152,12 @@ if stage checks && [ "$DEVICE" != cpu ]; then
 fi
 
 # 2. the F1 sweep, headline rows first, until the time reserved for the benchmarks and the report
-sweep_s=$(( $(left) - bench_s - report_s ))
+sweep_s=$(( $(left) - 10 - bench_s - report_s ))  # its own --time-limit, inside the step's timeout
 if ! stage sweep; then
   echo "| sweep | not asked for (STAGES) | |" >> "$summary"
 elif (( sweep_s > 10 )); then
   read -ra configs <<< "$CONFIG"
-  step sweep $(( sweep_s + 15 )) "$PY" -m nerepro sweep "${configs[@]}" --results "$results" --seeds "$SEEDS" \
+  step sweep $(( sweep_s + 5 )) "$PY" -m nerepro sweep "${configs[@]}" --results "$results" --seeds "$SEEDS" \
     --network F1 --device "$DEVICE" --workers-per-device "$([ "$DEVICE" = cpu ] && echo 1 || echo "$WORKERS")" \
     --checkpoint-every 60 --time-limit "$sweep_s"
 else

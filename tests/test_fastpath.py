@@ -173,16 +173,18 @@ def test_cuda_draws_the_cpu_minibatches(sampling):
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("network,batch,rel", [("F1", 100, 1e-3), ("C1", 100, 2e-2)])
+@pytest.mark.parametrize("network,batch,rel", [("F1", 100, 3e-4), ("C1", 100, 2e-2)])
 def test_cuda_fast_path_matches_the_cpu_plain_path_step_by_step(network, batch, rel):
     """The same minibatches on both devices: every step's minibatch loss within fp32 (F1: matmuls stay fp32)
-    or TF32 (C1's convolutions) rounding of the CPU's."""
+    or TF32 (C1's convolutions) rounding of the CPU's. Adam's first steps amplify rounding (an update is
+    about lr x the gradient's sign): on an H100 (2026-11-28) F1's losses agreed to 7 digits for 4 steps
+    and to 9e-5 at step 6, so 6 steps are compared."""
     data = synthetic_data(n_train=400, n_test=100, shape=(1, 28, 28) if network == "F1" else (3, 32, 32))
-    run = cfg(network=network, batch_size=batch, check_every=1, max_steps=10, compile="off")
+    run = cfg(network=network, batch_size=batch, check_every=1, max_steps=6, compile="off")
     plain = train(run, data=data)
     fast = train(run.replace(device="cuda"), data=data)
     assert fast["provenance"]["device_type"] == "cuda" and fast["run_id"] == plain["run_id"]
-    assert len(fast["curve"]["minibatch_loss"]) == 10
+    assert len(fast["curve"]["minibatch_loss"]) == 6
     pairs = list(zip(plain["curve"]["minibatch_loss"], fast["curve"]["minibatch_loss"]))
     assert all(b == pytest.approx(a, rel=rel) for a, b in pairs), [f"{a:.7g} {b:.7g}" for a, b in pairs]
 

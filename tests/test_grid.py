@@ -134,3 +134,24 @@ def test_f1_config_puts_the_headline_rows_first():
     assert {p for p, *_ in points[220:]} == {4}
     f1 = {c.run_id for c in load_grid([CONFIGS / "paper.toml"]) if c.network == "F1"}
     assert {c.run_id for _, c in plan} == f1 | {c.run_id for c in load_grid([CONFIGS / "protocol.toml"])}
+
+
+def test_throughput_turns_estimates_into_seconds():
+    """Measured on a GPU (2026-11-28): F1's step time barely depends on B, so a run at a smaller B must not be
+    estimated from samples per second alone (it would look short and start where it cannot finish)."""
+    from nerepro import RunConfig
+    from nerepro.cost import Throughput, estimated_samples
+
+    t = Throughput()
+    small = RunConfig("F1", 1.0, 700)
+    assert t.seconds(small) is None
+    t.add({"network": "F1", "batch_size": 2000, "alpha": 1.5, "status": "converged", "steps": 10_000,
+           "samples_processed": 40_000_000, "wall_s": 100.0, "resumes": 0})
+    same = RunConfig("F1", 1.5, 2000, seed=4)
+    assert t.seconds(same) == pytest.approx(estimated_steps(same) * 0.01)
+    assert t.seconds(small) == pytest.approx(estimated_steps(small) * 0.01)  # per step: the larger guess
+    big = RunConfig("F1", 3.0, 5000)
+    assert t.seconds(big) == pytest.approx(estimated_samples(big) * 100 / 40e6)  # per sample: the larger
+    t.add({"network": "F1", "batch_size": 700, "alpha": 1.0, "status": "converged", "steps": 10,
+           "samples_processed": 7000, "wall_s": 1e6, "resumes": 1})  # a resumed run's time is partial: unused
+    assert t.seconds(small) == pytest.approx(estimated_steps(small) * 0.01)
