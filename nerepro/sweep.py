@@ -346,6 +346,19 @@ def _gpu_memory() -> int:
     return torch.cuda.get_device_properties(0).total_memory
 
 
+def ray_remote_options(gpus: float) -> dict:
+    """Options of the Ray remote function: a GPU task's worker process exits after one task (a reused one
+    would keep the previous run's CUDA context, data and allocator peak); `.options()` cannot set this."""
+    return {"max_calls": 1 if gpus else 0}  # 0: no limit (Ray's default for CPU tasks)
+
+
+def ray_gpu_share(cfg: RunConfig, gpus: float, total: int) -> float:
+    """The GPUs a run's task asks for: `gpus` (--gpus-per-run), or the share of one GPU its estimated memory
+    needs if that is more, so that Ray never packs runs onto a GPU whose memory they cannot share."""
+    need = math.ceil(100 * estimated_device_bytes(cfg) / (MEMORY_USABLE * total)) / 100
+    return max(gpus, min(1.0, need))
+
+
 def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
             max_retries: int = 3, deadline: float | None = None) -> list[dict]:
@@ -366,7 +379,7 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
     resources = ray.cluster_resources()
     gpus = gpus_per_run if resources.get("GPU", 0) > 0 else 0
     capacity = max(1, int(resources["GPU"] / gpus) if gpus else int(resources.get("CPU", 1)))
-    task = ray.remote(max_calls=1)(_ray_task) if gpus else ray.remote(_ray_task)
+    task = ray.remote(**ray_remote_options(gpus))(_ray_task)
     total = ray.get(ray.remote(num_gpus=min(gpus, 1), max_calls=1)(_gpu_memory).remote()) if gpus else None
     throughput, finished, refs = Throughput(), [], {}
     schedule = Schedule(runs, deadline, throughput)
@@ -392,8 +405,7 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
                 except ConfigError as e:
                     write(cfg, error_record(cfg, e))
                     continue
-                need = math.ceil(100 * estimated_device_bytes(cfg) / (MEMORY_USABLE * total)) / 100
-                share = max(gpus, min(1.0, need))
+                share = ray_gpu_share(cfg, gpus, total)
             refs[task.options(num_cpus=1, num_gpus=share, max_retries=max_retries).remote(
                 cfg, str(results.root), data_dir, checkpoint_every_s, deadline)] = cfg
         if not refs:

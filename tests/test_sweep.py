@@ -247,6 +247,17 @@ def test_memory_estimates_and_refusal():
         check_fits(c1, 40 * gib)
 
 
+def test_ray_gpu_tasks_get_a_fresh_process_and_the_memory_they_need():
+    from nerepro.sweep import ray_gpu_share, ray_remote_options
+
+    assert ray_remote_options(0.25) == {"max_calls": 1} and ray_remote_options(0) == {"max_calls": 0}
+    gib = 2 ** 30
+    big, small = RunConfig(network="C1", alpha=1.5, batch_size=5000), RunConfig(network="F1", alpha=1.0, batch_size=100)
+    assert 0.5 < ray_gpu_share(big, 0.25, 80 * gib) <= 1.0  # about 45 of the GPU's 76 usable GiB
+    assert ray_gpu_share(small, 0.25, 80 * gib) == 0.25
+    assert ray_gpu_share(small, 2.0, 80 * gib) == 2.0  # more than one GPU per run stays as asked
+
+
 def test_memory_gate_admits_runs_while_their_memory_fits():
     import multiprocessing as mp
     import threading
