@@ -59,7 +59,8 @@ def train(
     optimizer: Annotated[str, typer.Option(help="adam (the paper's) or sgd.")] = "adam",
     lr: Annotated[Optional[float], typer.Option(help="Initial learning rate [default: 1e-3 adam, 1e-2 sgd].")] = None,
     max_steps: Annotated[int, typer.Option(help="Steps after which a run ends as not_converged.")] = 100_000,
-    check_every: Annotated[int, typer.Option(help="Steps between checks of the training loss.")] = 50,
+    check_every: Annotated[Optional[str], typer.Option(
+        help="Steps between checks of the training loss, or 'epoch' (at each epoch's end) [default: 50].")] = None,
     subset: Annotated[Optional[int], typer.Option(help="Train on the first N training samples only.")] = None,
     adam_eps: Annotated[float, typer.Option(help="Adam's epsilon (Keras' default).")] = 1e-7,
     l_star: Annotated[Optional[float], typer.Option(help="Loss that halves the rate [default: Table 1].")] = None,
@@ -72,12 +73,18 @@ def train(
              "the next target (L* or L**); 0 = at every check.")] = 4.0,
     check_budget: Annotated[float, typer.Option(
         help="Before that, full checks only within this share of the training compute.")] = 0.02,
-    stop_loss: Annotated[str, typer.Option(
+    stop_loss: Annotated[Optional[str], typer.Option(
         help="The loss L* and L** are read on: full (Eq. 1 over the training set), epoch_mean (mean minibatch "
-             "loss over the last epoch), ne_epoch_mean (the same for the NE loss).")] = "full",
-    sampling: Annotated[str, typer.Option(
+             "loss over the last epoch), ne_epoch_mean (the same for the NE loss) [default: full].")] = None,
+    sampling: Annotated[Optional[str], typer.Option(
         help="independent (B, B' drawn afresh each step), epoch (each walks its own shuffled epochs), paired "
-             "(halves of one 2B chunk of a shuffled epoch).")] = "independent",
+             "(halves of one 2B chunk of a shuffled epoch) [default: independent].")] = None,
+    adam_update: Annotated[Optional[str], typer.Option(
+        help="pytorch (eps added to sqrt(v_hat)) or keras (eps added to sqrt(v), as Keras' Adam) "
+             "[default: pytorch].")] = None,
+    protocol: Annotated[Optional[str], typer.Option(
+        help="A named reading of the paper's open choices: keras = --check-every epoch --stop-loss "
+             "ne_epoch_mean --sampling paired --adam-update keras (options given beside it win).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA) or bf16 (autocast body).")] = "fp32",
     reference: Annotated[str, typer.Option(
         help="minibatch (Eq. 6: a second minibatch B') or full (Eq. 5: the exact full-batch gradient; each step "
@@ -96,16 +103,19 @@ def train(
 
     Example: nerepro train --network F1 --alpha 1.5 --batch-size 2000 --seed 0
     """
-    from .config import RunConfig
+    from .config import RunConfig, with_protocol
     from .display import RunProgress, summary_line
     from .record import check_writable, write_json_atomic
     from .train import train as run_training
 
+    chosen = {k: v for k, v in dict(check_every=parse_check_every(check_every), stop_loss=stop_loss,
+                                    sampling=sampling, adam_update=adam_update).items() if v is not None}
     cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=seed, optimizer=optimizer, lr=lr,
-                    adam_eps=adam_eps, check_every=check_every, max_steps=max_steps, subset=subset, l_star=l_star,
+                    adam_eps=adam_eps, max_steps=max_steps, subset=subset, l_star=l_star,
                     l_star_star=l_star_star, ghost_batch_size=ghost_batch_size, bn_eps=bn_eps,
                     bn_momentum=bn_momentum, check_gate=check_gate, check_budget=check_budget, precision=precision,
-                    reference=reference, stop_loss=stop_loss, sampling=sampling, compile=compile, check_early_exit=not full_checks, device=device)
+                    reference=reference, compile=compile, check_early_exit=not full_checks, device=device,
+                    **with_protocol(protocol, chosen))
     check_writable(out)
     weights = out / f"{cfg.run_id}.weights.pt" if save_weights else None
     with RunProgress(cfg.max_steps, cfg.run_id) as progress:
@@ -221,6 +231,18 @@ def sweep(
                    "command to continue")
     if counts.get("error", 0) or (missing and not limit):
         raise typer.Exit(1)
+
+
+def parse_check_every(text: str | None) -> int | str | None:
+    """'50' -> 50, 'epoch' -> 'epoch' (RunConfig validates the value)."""
+    if text is None or text == "epoch":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--check-every takes a number of steps or 'epoch', got {text!r}") from None
 
 
 def parse_duration(text: str) -> float:

@@ -20,7 +20,13 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # Keras' defaults (README, protocol ta
 # result-changing fields added later, with the value that leaves the ids of earlier records alone (for
 # sampler_version: the device-dependent sampler of those records, which no longer runs)
 LATER_FIELDS = {"precision": "fp32", "reference": "minibatch", "stop_loss": "full", "sampling": "independent",
-                "sampler_version": 1}
+                "sampler_version": 1, "adam_update": "pytorch"}
+ADAM_UPDATES = ("pytorch", "keras")
+# Named readings of the paper's open choices (README, protocol table): shorthands for several settings.
+# "keras": how a Keras user of the paper's time would have run it: model.fit over batches of 2B ([B; B']),
+# "the training loss" as fit's epoch-end logs["loss"] (the mean NE loss of the epoch's steps), Keras' Adam.
+PROTOCOLS = {"keras": {"check_every": "epoch", "stop_loss": "ne_epoch_mean", "sampling": "paired",
+                       "adam_update": "keras"}}
 STOP_LOSSES = ("full", "epoch_mean", "ne_epoch_mean")
 SAMPLINGS = ("independent", "epoch", "paired")
 
@@ -36,7 +42,8 @@ class RunConfig:
     optimizer: str = "adam"  # (id) "adam" (Sec. 3) or "sgd"
     lr: float | None = None  # (id) initial learning rate; None -> Keras' default for the optimizer
     adam_eps: float = 1e-7  # (id) Keras' Adam epsilon (PyTorch's default is 1e-8)
-    check_every: int = 50  # (id) steps between checks of the training loss L(w) of Eq. (1)
+    adam_update: str = "pytorch"  # (id) where eps enters Adam's step: "pytorch" (to sqrt(v_hat)) or "keras" (to sqrt(v))
+    check_every: int | str = 50  # (id) steps between checks of the training loss, or "epoch": at each epoch's end
     max_steps: int = 100_000  # (id) a run not below L** by then ends as not_converged
     subset: int | None = None  # (id) train on the first N training samples only (quick runs, tests)
     l_star: float | None = None  # (id) loss that halves the learning rate; None -> Table 1
@@ -90,10 +97,23 @@ class RunConfig:
         """At alpha = 1 Eq. (6) has no reference term, so the reference setting does not apply."""
         return self.reference if self.alpha != 1 else "minibatch"
 
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Steps that read the training set once: N / B, or N / 2B when B and B' are halves of one batch."""
+        per_step = 2 * self.batch_size if self.effective_sampling == "paired" and self.alpha != 1 else self.batch_size
+        return math.ceil(n_train / per_step)
+
+    def check_interval(self, n_train: int) -> int:
+        """Steps between loss checks: check_every, or one epoch with check_every = "epoch"."""
+        return self.steps_per_epoch(n_train) if self.check_every == "epoch" else self.check_every
+
+    @property
+    def effective_adam_update(self) -> str:
+        return self.adam_update if self.optimizer == "adam" else LATER_FIELDS["adam_update"]
+
     def effective_readings(self) -> dict:
         """stop_loss, sampling and reference as they take effect in this run."""
         return {"reference": self.effective_reference, "stop_loss": self.effective_stop_loss,
-                "sampling": self.effective_sampling}
+                "sampling": self.effective_sampling, "adam_update": self.effective_adam_update}
 
     @property
     def uses_ghost_batch_norm(self) -> bool:
@@ -130,7 +150,7 @@ class RunConfig:
             "optimizer": self.optimizer,
             "lr": self.learning_rate,
             "adam_eps": float(self.adam_eps) if self.optimizer == "adam" else None,
-            "check_every": int(self.check_every),
+            "check_every": self.check_every if self.check_every == "epoch" else int(self.check_every),
             "check_gate": float(self.check_gate),
             "check_budget": float(self.check_budget),
             "max_steps": int(self.max_steps),
@@ -155,6 +175,15 @@ class RunConfig:
     def record_config(self) -> dict:
         """Every field as run: defaults resolved (L*, L**, lr) and the readings as they take effect."""
         return {**self.to_dict(), **self.effective_readings(), **self.result_fields()}
+
+
+def with_protocol(name: str | None, settings: dict) -> dict:
+    """`settings` with a named protocol's readings filled in where `settings` does not set them."""
+    if name is None:
+        return settings
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}: choose one of {', '.join(PROTOCOLS)}")
+    return {**PROTOCOLS[name], **settings}
 
 
 def validate(cfg: RunConfig) -> None:
@@ -184,7 +213,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not (cfg.learning_rate > 0 and math.isfinite(cfg.learning_rate)):
         raise ConfigError(f"learning rate must be a positive finite number, got {cfg.lr!r}")
-    for name in ("check_every", "max_steps", "ghost_batch_size", "check_chunk"):
+    if cfg.check_every != "epoch" and (not isinstance(cfg.check_every, int) or isinstance(cfg.check_every, bool)
+                                       or cfg.check_every < 1):
+        raise ConfigError(f"check-every must be a positive number of steps or 'epoch', got {cfg.check_every!r}")
+    if cfg.adam_update not in ADAM_UPDATES:
+        raise ConfigError(f"unknown Adam update {cfg.adam_update!r}: choose one of {', '.join(ADAM_UPDATES)}")
+    for name in ("max_steps", "ghost_batch_size", "check_chunk"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")

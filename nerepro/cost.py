@@ -43,7 +43,7 @@ def estimated_steps(cfg: RunConfig, reference: dict | None = None) -> int:
     steps = steps_ref * math.sqrt(b_ref / cfg.batch_size)
     if cfg.subset:
         steps *= min(1.0, cfg.subset / TRAIN_SIZE[cfg.network])
-    return int(min(cfg.max_steps, max(steps, cfg.check_every)))
+    return int(min(cfg.max_steps, max(steps, cfg.check_interval(n_train(cfg)))))
 
 
 def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:

@@ -4,6 +4,7 @@ A config file holds (README, 'Sweep configs'):
   include = ["other.toml", ...]   # runs of other files, resolved relative to this one
   seeds = 10                      # or a list of seeds
   [settings]                      # overrides of RunConfig fields for every run of this file
+                                  # (and protocol = "keras", a named set of them: config.PROTOCOLS)
   [[grid]]                        # one or more grids: list values are crossed, scalars are fixed
   priority = 1                    # in a grid or at the top of a file: lower runs first (default 0)
 """
@@ -16,7 +17,7 @@ import itertools
 import tomllib
 from pathlib import Path
 
-from .config import RunConfig
+from .config import RunConfig, with_protocol
 from .errors import ConfigError
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -91,6 +92,8 @@ def _seeds(path: Path, value) -> list[int]:
 
 def _expand_grid(path: Path, index: int, grid: dict, settings: dict, seeds: list[int]) -> list[RunConfig]:
     merged = {**settings, **grid}
+    if "protocol" in merged:  # a named reading (config.PROTOCOLS): fills the settings the tables leave unset
+        merged = with_protocol(merged.pop("protocol"), merged)
     unknown = set(merged) - RUN_FIELDS
     if unknown:
         raise ConfigError(f"{path}, grid {index + 1}: unknown setting(s) {', '.join(sorted(unknown))}")

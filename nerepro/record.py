@@ -105,7 +105,7 @@ def check_writable(directory: Path) -> Path:
 
 
 @lru_cache(maxsize=None)
-def _git_state() -> tuple[str | None, bool | None]:
+def git_state() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout; $NEREPRO_GIT_COMMIT, where set, names the commit of a copied checkout
     whose .git is missing or stale (a GPU box, a cluster), its dirty flag then unknown."""
     if os.environ.get("NEREPRO_GIT_COMMIT"):
@@ -137,7 +137,7 @@ def provenance(device: torch.device) -> dict:
     """Where and with what a record was made: code version, libraries, device."""
     import torchvision
 
-    commit, dirty = _git_state()
+    commit, dirty = git_state()
     return {
         "nerepro": __version__,
         "git_commit": commit,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import LATER_FIELDS, RunConfig
+from .config import LATER_FIELDS, PROTOCOLS, RunConfig
 from .errors import ResultsError
 from .record import read_record, remove_stale_temp_files, write_json_atomic
 
@@ -130,9 +130,16 @@ def variant_of(record: dict) -> str:
     except Exception:  # noqa: BLE001 - an odd record still gets reported, as its own variant
         return "unknown settings"
     default = {**LATER_FIELDS, **default}  # fields added later are omitted from result_fields at their default
-    diffs = [f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
-             for k in default if k not in IDENTITY and k in config and config[k] != default[k]]
-    return ", ".join(diffs) or "paper protocol"
+    diffs = {k: config[k] for k in default if k not in IDENTITY and k in config and config[k] != default[k]}
+    labels = []
+    for name, settings in PROTOCOLS.items():  # a named protocol's settings, as they take effect, by its name
+        preset = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"]), **settings)
+        named = {k: v for k, v in preset.result_fields().items() if k in settings}
+        if all(diffs.get(k) == v for k, v in named.items()):
+            labels.append(f"protocol={name}")
+            diffs = {k: v for k, v in diffs.items() if k not in named}
+    labels += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in diffs.items()]
+    return ", ".join(labels) or "paper protocol"
 
 
 def variant_aliases(frame: pd.DataFrame) -> pd.DataFrame:

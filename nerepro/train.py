@@ -18,7 +18,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
-from .record import finite_or_none, provenance
+from .record import finite_or_none, git_state, provenance
 from .sampling import make_sampler
 from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
 
@@ -77,6 +77,15 @@ def make_optimizer(cfg: RunConfig, params, device: torch.device = torch.device("
     return torch.optim.SGD(params, lr=cfg.learning_rate, **multi)
 
 
+def keras_adam_eps(optimizer: torch.optim.Optimizer, eps: float, t: int) -> None:
+    """Make PyTorch's Adam take Keras' step t. Keras adds eps to sqrt(v) and bias-corrects the rate:
+    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps); PyTorch adds it to sqrt(v_hat):
+    w -= lr / (1 - b1^t) m / (sqrt(v) / sqrt(1 - b2^t) + eps'). The two are the same step when
+    eps' = eps / sqrt(1 - b2^t), so each step sets that (README, protocol table: --protocol keras)."""
+    for group in optimizer.param_groups:
+        group["eps"] = eps / math.sqrt(1 - group["betas"][1] ** t)
+
+
 def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.device,
                  data_dir: str | None = None) -> datasets.Data:
     """The run's dataset on its device, cut to --subset; checks that B fits the training set."""
@@ -104,6 +113,7 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     OutOfTime; the next call with the same checkpoint continues it to the record an uninterrupted run gives.
     """
     t_start = time.perf_counter()
+    git_state()  # read once per process, when its code was loaded, not when a long run ends
     device = resolve_device(cfg.device)
     fastpath.configure_backends(device)
     data = prepare_data(cfg, data, device, data_dir)
@@ -116,8 +126,9 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     full_reference = cfg.effective_reference == "full"
     sampler = make_sampler(cfg.effective_sampling, data.n_train, cfg.batch_size, device, cfg.seed,
                            second=cfg.alpha != 1 and not full_reference)
-    window = EpochWindow(math.ceil(data.n_train / cfg.batch_size), device) \
-        if cfg.effective_stop_loss != "full" else None
+    window = EpochWindow(cfg.steps_per_epoch(data.n_train), device) if cfg.effective_stop_loss != "full" else None
+    check_every = cfg.check_interval(data.n_train)
+    keras_adam = cfg.optimizer == "adam" and cfg.effective_adam_update == "keras"
     state = RunState()
     saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
     if saved:
@@ -154,12 +165,14 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
                 objective, loss_b, _ = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size,
                                                     cfg.alpha)
                 objective.backward()
+        if keras_adam:
+            keras_adam_eps(optimizer, cfg.adam_eps, state.step + 1)
         optimizer.step()
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
         if window is not None:
             window.add(loss_b.detach(), objective.detach())
         state.step, since_check = state.step + 1, since_check + 1
-        if state.step % cfg.check_every and not (final_evaluation and state.step == cfg.max_steps):
+        if state.step % check_every and not (final_evaluation and state.step == cfg.max_steps):
             continue
 
         minibatch_loss = minibatch_sum.item() / since_check  # the one host sync per check_every steps
@@ -277,6 +290,7 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "precision": cfg.precision,
         **cfg.effective_readings(),
         "check_every": cfg.check_every,
+        "check_interval": cfg.check_interval(data.n_train),
         "subset": cfg.subset,
         "n_train": data.n_train,
         "status": state.status,

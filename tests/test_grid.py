@@ -130,8 +130,11 @@ def test_f1_config_puts_the_headline_rows_first():
     default = ("full", "independent")
     assert {pt[1:] for pt in points[:20]} == {(1.0, 900, *default), (1.5, 2000, *default)}  # Table 2, 10 seeds
     assert {pt[1:] for pt in points[20:30]} == {(3.0, 5000, *default)}  # Table 3
-    assert {pt[1:3] for pt in points[30:220]} == {(1.0, 900), (1.5, 2000), (3.0, 5000)}  # their readings
-    assert {p for p, *_ in points[220:]} == {4}
+    keras = [c for _, c in plan[30:60]]  # then the Keras reading of those three rows
+    assert {(c.alpha, c.batch_size, c.check_every, c.effective_adam_update) for c in keras} == \
+        {(a, b, "epoch", "keras") for a, b in ((1.0, 900), (1.5, 2000), (3.0, 5000))}
+    assert {pt[1:3] for pt in points[60:470]} == {(1.0, 900), (1.5, 2000), (3.0, 5000)}  # their other readings
+    assert {p for p, *_ in points[470:]} == {6} and len(points) == 800
     f1 = {c.run_id for c in load_grid([CONFIGS / "paper.toml"]) if c.network == "F1"}
     assert {c.run_id for _, c in plan} == f1 | {c.run_id for c in load_grid([CONFIGS / "protocol.toml"])}
 
