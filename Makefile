@@ -2,7 +2,7 @@
 #   make quick      a small real F1 sweep on Fashion-MNIST, then every table, figure and claim (2 CPU cores: ~12 min);
 #                   QUICK=results/quick-new trains afresh beside the committed results/quick
 #   make reproduce  the whole paper (configs/paper.toml) on this machine's GPUs; run again to resume
-#   make report     rebuild tables, figures and claims of RESULTS (default results/quick) from its records
+#   make report     rebuild runs.csv, tables, figures, claims and protocol of RESULTS (default results/quick)
 #   make test-min   the tests against the oldest torch/torchvision nerepro supports (pyproject.toml), in .venv-min
 PYTHON ?= python3
 VENV ?= .venv
@@ -41,7 +41,4 @@ reproduce: install
 	$(MAKE) report RESULTS=results/paper
 
 report: install
-	$(NEREPRO) collect --results $(RESULTS)
-	$(NEREPRO) tables --results $(RESULTS) --out $(RESULTS)
-	$(NEREPRO) plots --results $(RESULTS) --out $(RESULTS)
-	$(NEREPRO) claims --results $(RESULTS) --out $(RESULTS)
+	$(NEREPRO) report --results $(RESULTS) --out $(RESULTS)

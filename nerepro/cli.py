@@ -50,7 +50,7 @@ DataDir = Annotated[Optional[Path], typer.Option(
 Device = Annotated[str, typer.Option(help="auto (first GPU, else CPU), cpu, cuda or cuda:N.")]
 
 
-@app.command()
+@app.command(short_help="Train one network to the paper's stopping rule; write its record.")
 def train(
     network: Annotated[str, typer.Option(help="F1 (Fashion-MNIST), C1 (CIFAR-10) or C2 (CIFAR-100).")],
     alpha: Annotated[float, typer.Option(help="Noise-enhancement factor of Eq. (6); 1 = plain training.")],
@@ -137,7 +137,7 @@ def data_download(
     typer.echo(f"datasets ready in {root}")
 
 
-@app.command()
+@app.command(short_help="Run the configs' grids: resumable, prioritised, time-limited.")
 def sweep(
     configs: Annotated[list[Path], typer.Argument(help="Config files (configs/*.toml); runs shared by several "
                                                        "files run once.")],
@@ -270,7 +270,7 @@ def _records(store) -> list[dict]:
     return load_records(store.root)[0]
 
 
-@app.command()
+@app.command(short_help="Write DIR/runs.csv, one row per record.")
 def collect(results: Annotated[Path, typer.Option(help="Results directory of a sweep.")]):
     """Write DIR/runs.csv: one row per record (its fields without the curve), for pandas and the report."""
     from .results import collect as collect_records
@@ -295,7 +295,7 @@ def _load_report_inputs(results: Path, out: Optional[Path]):
     return loaded, out or results / "report"
 
 
-@app.command()
+@app.command(short_help="Write Tables 1-3 beside the paper's numbers.")
 def tables(results: ResultsOpt, out: OutOpt = None):
     """Write Tables 1-3 (Markdown, CSV, LaTeX) beside the paper's numbers, and print them."""
     from .tables import write_tables
@@ -305,7 +305,7 @@ def tables(results: ResultsOpt, out: OutOpt = None):
     typer.echo(f"tables -> {out}")
 
 
-@app.command()
+@app.command(short_help="Write Figures 1-3 as PNG and PDF.")
 def plots(results: ResultsOpt, out: OutOpt = None):
     """Write Figures 1-3 (and Fig. 3 against samples processed) as PNG and PDF."""
     from .figures import write_figures
@@ -315,19 +315,22 @@ def plots(results: ResultsOpt, out: OutOpt = None):
         typer.echo(line)
 
 
-@app.command()
+@app.command(short_help="Test each claim of Sec. 3; write claims.md.")
 def claims(results: ResultsOpt, out: OutOpt = None):
     """Test each claim of Sec. 3 on the results and write claims.md."""
     from .claims import write_claims
 
     loaded, out = _load_report_inputs(results, out)
-    text = write_claims(loaded, out)
+    typer.echo(_claims_line(write_claims(loaded, out), out))
+
+
+def _claims_line(text: str, out: Path) -> str:
     verdicts = [line.rsplit("**", 2)[-2] for line in text.splitlines() if line.endswith("** |")]
-    typer.echo(f"claims -> {out / 'claims.md'}: " + ", ".join(
-        f"{verdicts.count(v)} {v}" for v in ("supported", "not supported", "not enough data")))
+    return f"claims -> {out / 'claims.md'}: " + ", ".join(
+        f"{verdicts.count(v)} {v}" for v in ("supported", "not supported", "not enough data"))
 
 
-@app.command()
+@app.command(short_help="Set each reading's F1 results beside the paper's.")
 def protocol(results: ResultsOpt, out: OutOpt = None):
     """Set each reading's F1 results (configs/protocol.toml) beside the paper's Tables 2-3: which one matches?"""
     from .protocol import write_protocol
@@ -336,7 +339,31 @@ def protocol(results: ResultsOpt, out: OutOpt = None):
     typer.echo(write_protocol(loaded, out))
 
 
-@app.command()
+@app.command(short_help="Rebuild runs.csv and every table, figure and claim at once.")
+def report(results: ResultsOpt, out: OutOpt = None):
+    """Rebuild runs.csv, Tables 1-3, Figures 1-3, the claims and the protocol comparison from the records.
+
+    Example: nerepro report --results results/quick --out results/quick
+    """
+    from .claims import write_claims
+    from .figures import write_figures
+    from .protocol import write_protocol
+    from .results import collect as collect_records
+    from .tables import write_tables
+
+    path, rows, _ = collect_records(results)
+    typer.echo(f"{rows} runs -> {path}")
+    loaded, out = _load_report_inputs(results, out)
+    write_tables(loaded, out)
+    typer.echo(f"tables -> {out}")
+    for line in write_figures(loaded, out):
+        typer.echo(line)
+    typer.echo(_claims_line(write_claims(loaded, out), out))
+    write_protocol(loaded, out)
+    typer.echo(f"protocol -> {out / 'protocol.md'}")
+
+
+@app.command(short_help="Time the training loop against the device's peak.")
 def bench(
     network: Annotated[str, typer.Option(help="F1, C1 or C2.")] = "F1",
     batch_size: Annotated[int, typer.Option(help="Minibatch size B.")] = 1000,
@@ -364,7 +391,7 @@ def bench(
     typer.echo(json.dumps(result) if json_out else summary(result))
 
 
-@app.command()
+@app.command(short_help="Measure the SGD noise at fixed weights (Eqs. 9-11).")
 def noise(
     network: Annotated[str, typer.Option(help="F1, C1 or C2.")],
     batch_size: Annotated[int, typer.Option(help="Minibatch size B of the NE draws.")],

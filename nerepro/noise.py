@@ -105,7 +105,7 @@ def draw_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
     beff = {a: effective_batch_size(batch_size, a, multiple) for a in alphas if a != 1}
     plain = {b: IndependentSampler(len(x), b, device, stream_seed(seed, f"plain{b}"), second=False)
              for b in set(beff.values())}
-    sq = {f"ne:{a:g}": [] for a in alphas}
+    sq = {f"ne:{a:g}": [] for a in alphas} | {f"ne_train:{a:g}": [] for a in alphas}
     sk = {f"ne:{a:g}": [] for a in alphas}
     for b in plain:
         sq[f"plain:{b}"], sk[f"plain:{b}"] = [], []
@@ -118,6 +118,10 @@ def draw_noise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
         for a in alphas:  # Eq. (9): xi_NE = alpha xi_B + (1 - alpha) xi_B'
             sq[f"ne:{a:g}"].append(a * a * nb + (1 - a) ** 2 * nb2 + 2 * a * (1 - a) * cross)
             sk[f"ne:{a:g}"].append((a * s_b + (1 - a) * s_b2).cpu())
+            # the same noise through the training path: the gradient of the objective a training step follows
+            model.zero_grad(set_to_none=False)
+            ne_objective(model, x[idx], y[idx], batch_size, a)[0].backward()
+            sq[f"ne_train:{a:g}"].append((flat_grad(model) - g_full).square().sum().item())
         for b, smp in plain.items():
             j = smp.draw(draw)
             xi = minibatch_gradient(model, x[j], y[j]) - g_full
@@ -136,6 +140,14 @@ def _bootstrap_ratio(num: np.ndarray, den: np.ndarray, rng, resamples: int = 200
     idx = rng.integers(0, len(num), (resamples, len(num)))
     ratios = num[idx].mean(axis=1) / den[idx].mean(axis=1)
     return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+
+
+def mean_kurtosis_se(values: np.ndarray, rng, resamples: int = 200) -> float:
+    """Standard error of the mean excess kurtosis over directions (columns), from a bootstrap over the draws
+    (rows). Every direction is measured on the same draws, so the spread over directions divided by
+    sqrt(directions) would treat correlated estimates as independent and understate the error."""
+    idx = rng.integers(0, len(values), (resamples, len(values)))
+    return float(np.std([np.nanmean(excess_kurtosis(values[i])) for i in idx], ddof=1))
 
 
 def summarize_noise(d: NoiseDraws, batch_size: int, alphas: list[float], multiple: int = 1, top: int = 5,
@@ -163,6 +175,10 @@ def summarize_noise(d: NoiseDraws, batch_size: int, alphas: list[float], multipl
             if base is not None:
                 row["ratio_to_alpha_1"] = sq.mean() / base.mean()
                 row["ratio_low"], row["ratio_high"] = _bootstrap_ratio(sq, base, rng)
+            if kind == "NE" and f"ne_train:{a:g}" in d.sq_norm and "ne_train:1" in d.sq_norm:
+                train_sq, train_base = d.sq_norm[f"ne_train:{a:g}"], d.sq_norm["ne_train:1"]
+                row["ratio_training_path"] = train_sq.mean() / train_base.mean()
+                row["ratio_training_low"], row["ratio_training_high"] = _bootstrap_ratio(train_sq, train_base, rng)
             # Eq. (10) for NE; Eq. (4)'s finite-N factor (N - b) / (b (N - 1)) relative to B for plain SGD
             row["theory_ratio"] = c if kind == "NE" else ((n - b) / b) / ((n - batch_size) / batch_size)
             row["theory_eq11"] = c  # what Eq. (11) promises (N >> B)
@@ -173,10 +189,10 @@ def summarize_noise(d: NoiseDraws, batch_size: int, alphas: list[float], multipl
             proj_top = (sk - sk.mean(axis=0)) @ pcs
             used = sk[:, sk.std(axis=0) > 0]  # sketch rows that received parameters
             standardized = (used - used.mean(axis=0)) / used.std(axis=0)
-            k_random = excess_kurtosis(used)
-            row.update(kurtosis_random=float(np.mean(k_random)),
-                       kurtosis_random_se=float(np.std(k_random) / math.sqrt(len(k_random))),
+            row.update(kurtosis_random=float(np.mean(excess_kurtosis(used))),
+                       kurtosis_random_se=mean_kurtosis_se(used, rng),
                        kurtosis_top=float(np.mean(excess_kurtosis(proj_top))),
+                       kurtosis_top_se=mean_kurtosis_se(proj_top, rng),
                        kurtosis_top1=float(excess_kurtosis(proj_top[:, 0])),
                        tail_index_random=hill_tail_index(standardized),
                        tail_index_top=hill_tail_index(proj_top / proj_top.std(axis=0)))
@@ -206,7 +222,8 @@ def gaussianity_verdict(table: pd.DataFrame) -> list[str]:
             f"alpha={a:g}: |excess kurtosis| along random directions NE {abs(ne['kurtosis_random']):.2f} vs plain SGD "
             f"at B={int(plain['batch_size'])} {abs(plain['kurtosis_random']):.2f}, difference {gap:+.2f} ± {se:.2f} "
             f"({abs(gap) / se:.1f} standard errors): {verdict}. Along the top 5 directions: "
-            f"{abs(ne['kurtosis_top']):.2f} vs {abs(plain['kurtosis_top']):.2f}.")
+            f"{abs(ne['kurtosis_top']):.2f} ± {ne['kurtosis_top_se']:.2f} vs {abs(plain['kurtosis_top']):.2f} ± "
+            f"{plain['kurtosis_top_se']:.2f}.")
     return lines
 
 
@@ -261,16 +278,20 @@ def write_noise_report(table: pd.DataFrame, meta: dict, out) -> str:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "noise.csv", index=False)
-    head = ["kind", "α", "B", "draws", "trace / trace(α=1) [95% CI]", "Eq. (10)/(4)", "plain / NE", "kurtosis random",
-            "(sum rule)", "kurtosis top 5", "(sum rule)", "kurtosis top 1", "tail index random", "tail index top"]
+    head = ["kind", "α", "B", "draws", "trace / trace(α=1) [95% CI]", "same, training path [95% CI]", "Eq. (10)/(4)",
+            "plain / NE", "kurtosis random", "(sum rule)", "kurtosis top 5", "(sum rule)", "kurtosis top 1",
+            "tail index random", "tail index top"]
     rows = []
     for _, r in table.iterrows():
         ratio = (f"{r['ratio_to_alpha_1']:.3f} [{r['ratio_low']:.3f}, {r['ratio_high']:.3f}]"
                  if "ratio_to_alpha_1" in r and pd.notna(r.get("ratio_to_alpha_1")) else "–")
         vs_ne = f"{r['ratio_to_ne']:.3f} (theory {r['ratio_to_ne_theory']:.3f})" if pd.notna(r.get("ratio_to_ne")) else "–"
-        rows.append([r["kind"], f"{r['alpha']:g}", str(int(r["batch_size"])), str(int(r["draws"])), ratio,
+        train = (f"{r['ratio_training_path']:.3f} [{r['ratio_training_low']:.3f}, {r['ratio_training_high']:.3f}]"
+                 if pd.notna(r.get("ratio_training_path")) else "–")
+        rows.append([r["kind"], f"{r['alpha']:g}", str(int(r["batch_size"])), str(int(r["draws"])), ratio, train,
                      f"{r['theory_ratio']:.3f}", vs_ne, f"{r['kurtosis_random']:.2f} ± {r['kurtosis_random_se']:.2f}",
-                     f"{r['kurtosis_random_theory']:.2f}", f"{r['kurtosis_top']:.2f}", f"{r['kurtosis_top_theory']:.2f}",
+                     f"{r['kurtosis_random_theory']:.2f}", f"{r['kurtosis_top']:.2f} ± {r['kurtosis_top_se']:.2f}",
+                     f"{r['kurtosis_top_theory']:.2f}",
                      f"{r['kurtosis_top1']:.2f}", f"{r['tail_index_random']:.2f}",
                      f"{r['tail_index_top']:.2f}"])
     lines = ["# SGD noise at fixed weights", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in meta.items()) + ".", "",
@@ -278,9 +299,13 @@ def write_noise_report(table: pd.DataFrame, meta: dict, out) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "Trace ratio: the noise covariance trace relative to plain SGD at B (alpha = 1); Eq. (10) predicts "
               "alpha^2 + (1 - alpha)^2 for NE; for plain SGD at B_eff the column gives Eq. (4)'s finite-N value "
-              "(N - B_eff) / B_eff / ((N - B) / B). Kurtosis: mean sample excess kurtosis (0 for a Gaussian) of the "
-              "noise along the sketch's random directions (± its standard error over directions) and along the "
-              "top 5 principal directions of the alpha = 1 noise. Sum rule: what the alpha = 1 kurtosis k1 implies if "
+              "(N - B_eff) / B_eff / ((N - B) / B). The first NE column assembles NE's noise from the two draws' "
+              "noises (alpha xi_B + (1 - alpha) xi_B', Eq. 9), which checks only that B and B' are independent; "
+              "the training-path column measures it on the same draws through the gradient a training step follows "
+              "(the run's sampler and objective). Intervals: bootstrap over the draws. Kurtosis: mean sample excess "
+              "kurtosis (0 for a Gaussian) of the noise along the sketch's random directions and along the "
+              "top 5 principal directions of the alpha = 1 noise, ± a standard error from a bootstrap over the draws "
+              "(every direction sees the same draws, so the spread over directions would understate it). Sum rule: what the alpha = 1 kurtosis k1 implies if "
               "minibatch noise is a sum of independent per-sample terms: k1 (alpha^4 + (1 - alpha)^4) / "
               "(alpha^2 + (1 - alpha)^2)^2 for NE (it falls with alpha) and k1 B / B_eff for plain SGD (it grows as "
               "B_eff shrinks). Tail index: Hill's estimator on the largest 10% of standardized projections.", "", "## Sec. 4's hypothesis: NE's noise is closer to Gaussian than "

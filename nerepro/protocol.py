@@ -77,6 +77,8 @@ def write_protocol(results: Results, out: Path) -> str:
              "'paper protocol' is nerepro's default (full, independent). Within 2σ: |ours − paper| ≤ 2 × the "
              "paper's std for convergence steps and test accuracy (Table 3 gives no steps).", "",
              markdown(head, rows) if rows else "_no runs at these points_", ""]
+    if results.provenance():
+        lines[1:1] = ["", results.provenance()]
     if len(table):
         lines.append("## Verdict per reading")
         lines.append("")

@@ -28,6 +28,27 @@ class Results:
     runs: pd.DataFrame
     notes: list[str] = field(default_factory=list)
 
+    def provenance(self) -> str | None:
+        """One line naming the code behind the runs where it is not a single clean commit: each commit with its
+        number of runs, and how many of them ran uncommitted changes (provenance.git_dirty); None otherwise."""
+        if "provenance_git_commit" not in self.runs:
+            return None
+        runs = self.runs.drop_duplicates("run_id")
+        commits = runs["provenance_git_commit"].fillna("unknown").astype(str).str[:7]
+        dirty = runs.get("provenance_git_dirty", pd.Series(False, index=runs.index)).astype(str) == "True"
+        if commits.nunique() == 1 and not dirty.any():
+            return None
+        def runs_of(n: int) -> str:
+            return f"{n} run{'' if n == 1 else 's'}"
+
+        if commits.nunique() == 1:
+            return (f"Provenance: all {runs_of(len(runs))} come from commit {commits.iloc[0]}, "
+                    f"{int(dirty.sum())} of them with uncommitted changes.")
+        parts = [f"{c} ({runs_of(n)}" + (f", {int(dirty[commits == c].sum())} with uncommitted changes"
+                                         if dirty[commits == c].any() else "") + ")"
+                 for c, n in commits.value_counts().items()]
+        return f"Provenance: the runs come from {commits.nunique()} commits: {', '.join(parts)}."
+
     def variants(self) -> list[str]:
         """Protocol variants present, the one with most runs first ('paper protocol' = all defaults), ties
         with 'paper protocol' first, then by name."""

@@ -231,9 +231,9 @@ def write_tables(results: Results, out: Path) -> str:
             parts["baselines"].append((v, tb, HEAD_B, [_cells_b(r) for _, r in tb.iterrows()]))
     if not parts["baselines"]:
         del parts["baselines"]
-    printed = []
+    printed = [results.provenance()] if results.provenance() else []
     for name, sections in parts.items():
-        md, tex, frames = [f"## {TITLES[name]}"], [], []
+        md, tex, frames = [f"## {TITLES[name]}"] + ([results.provenance()] if results.provenance() else []), [], []
         for variant, frame, head, rows in sections:
             label = "" if variant is None or len(variants) == 1 else f" ({variant})"
             if variant is not None:

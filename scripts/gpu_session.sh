@@ -43,7 +43,7 @@ mkdir -p "$results" "$logs"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 summary=$work/summary.md
 pack_s=10
-report_s=$(( budget * 7 / 100 > 20 ? budget * 7 / 100 : 20 ))
+report_s=$(( budget * 7 / 100 > 25 ? budget * 7 / 100 : 25 ))
 bench_s=$(( budget / 5 ))
 checks_s=$(( budget / 5 ))
 
@@ -192,9 +192,7 @@ cat "$logs"/bench-*.log > "$logs/bench.log" 2>/dev/null
 if ! stage report; then
   echo "| report | not asked for (STAGES) | |" >> "$summary"
 elif ls "$results"/runs/*.json > /dev/null 2>&1; then
-  for command in collect tables plots claims protocol; do
-    step "report-$command" "$(left)" "$PY" -m nerepro "$command" --results "$results"
-  done
+  step report "$(left)" "$PY" -m nerepro report --results "$results"
 else
   echo "| report | skipped: no finished runs | |" >> "$summary"
 fi

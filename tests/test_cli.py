@@ -160,3 +160,17 @@ def test_sweep_display_in_logs(capsys):
     assert lines[0] == "[0/2] running: r1 step 50 L>=0.02"
     assert lines[1].startswith("[1/2] r1: converged at step 100, train loss 0.0009, test acc 90.00%")
     assert lines[2].startswith("[2/2] r2: error: ValueError: boom")
+
+
+def test_help_summaries_read_whole():
+    """`nerepro --help` gives every command a summary that ends where its sentence ends, not at "Fig." or "...".
+    (Click cuts a docstring's first sentence at its first period and at 45 characters.)"""
+    import re
+
+    out = runner.invoke(app, ["--help"])
+    rows = re.findall(r"^  (\w+)\s{2,}(.+)$", out.output.split("Commands:")[1], re.M)
+    assert {name for name, _ in rows} >= {"train", "sweep", "collect", "tables", "plots", "claims", "protocol",
+                                          "bench", "noise", "data"}
+    for name, summary in rows:
+        assert summary.endswith(".") and not summary.endswith("...") and not re.search(r"(Fig|Sec|Eq)\.$", summary), \
+            (name, summary)

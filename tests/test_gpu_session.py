@@ -26,14 +26,16 @@ def test_gpu_session_rehearsal_on_the_cpu(tmp_path):
     assert len(files) <= 8 and {"results.tar.gz", "summary.md", "logs.tar.gz", "env.txt", "bench.jsonl"} <= set(files)
     summary = (out / "summary.md").read_text()
     assert "| pytest-gpu | skipped: no CUDA device (rehearsal) | |" in summary
-    for name in ("smoke", "sweep", "bench-f1-b1000", "bench-c1-b100", "report-tables", "report-protocol"):
+    for name in ("smoke", "sweep", "bench-f1-b1000", "bench-c1-b100", "report"):
         assert f"| {name} | exit 0 |" in summary, (name, summary)
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     records = [n for n in names if n.startswith("results/runs/") and n.endswith(".json")]
-    assert len(records) == 2  # smoke.toml at one seed
+    assert 1 <= len(records) <= 2  # smoke.toml at one seed (how many fit the time depends on the machine's load)
     assert "time limit" in summary and "rerun the same command to continue" in summary
-    assert "results/report/table2.md" in names and "results/runs.csv" in names
+    for name in ("table2.md", "fig2.png", "claims.md", "protocol.md"):
+        assert f"results/report/{name}" in names
+    assert "results/runs.csv" in names
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [(b["network"], b["precision"]) for b in bench] == [("F1", "fp32"), ("C1", "bf16")]
     smoke = [json.loads(line) for line in (out / "smoke.jsonl").read_text().splitlines()]

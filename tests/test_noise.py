@@ -35,6 +35,31 @@ def test_trace_ratio_is_eq10(measured, alpha):
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 3.0])
+def test_trace_ratio_through_the_training_path(measured, alpha):
+    """The noise of the gradient a training step follows (the run's sampler, ne_objective) on the same draws:
+    the same ratio as Eq. (9)'s assembly up to rounding, and Eq. (10) inside its interval."""
+    row = measured.loc[("NE", alpha)]
+    assert row["ratio_training_path"] == pytest.approx(row["ratio_to_alpha_1"], rel=1e-5)
+    assert row["ratio_training_low"] <= row["theory_ratio"] <= row["ratio_training_high"]
+
+
+def test_kurtosis_standard_error_counts_shared_draws():
+    """Directions measured on the same draws are not independent estimates: identical directions carry one
+    draw's worth of information, which the spread over directions (zero here) would hide."""
+    from nerepro.noise import mean_kurtosis_se
+
+    rng = np.random.default_rng(0)
+    one = rng.standard_t(5, (400, 1))
+    shared = np.repeat(one, 64, axis=1)  # 64 identical directions
+    assert np.std(excess_kurtosis(shared)) == 0
+    se_shared, se_one = mean_kurtosis_se(shared, rng), mean_kurtosis_se(one, rng)
+    assert se_shared > 0.1 and se_shared == pytest.approx(se_one, rel=0.25)
+    independent = rng.standard_normal((400, 64))  # independent directions: close to spread / sqrt(directions)
+    spread = np.std(excess_kurtosis(independent)) / 8
+    assert 0.6 < mean_kurtosis_se(independent, rng) / spread < 1.6
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 3.0])
 def test_ne_matches_plain_sgd_at_b_eff(measured, alpha):
     """Eq. (11): the same trace as plain SGD at B_eff, up to Eq. (4)'s finite-N factor and rounding."""
     row = measured.loc[("plain", alpha)]

@@ -41,6 +41,7 @@ def test_epoch_mean_readings_equal_an_independent_computation(stop_loss, alpha):
     assert record["stop_loss"] == stop_loss and record["sampling"] == "epoch"
     full = F.cross_entropy(model.eval()(data.x_train), data.y_train).item()
     assert record["train_loss_full"] == pytest.approx(full, rel=1e-5)  # Eq. (1) beside the reading
+    assert record["train_loss"] == record["curve"]["train_loss"][-1]  # train_loss: the reading, as documented
 
 
 @pytest.mark.parametrize("sampling,second", [("epoch", True), ("epoch", False), ("paired", True)])
@@ -130,3 +131,89 @@ def test_alpha_one_runs_serve_the_readings_they_coincide_with(tmp_path):
     assert variant in results.variants()
     assert sorted(table_2(results, variant)["alpha"]) == [1.0, 1.5]
     assert recs[0]["config"]["stop_loss"] == "epoch_mean" and recs[0]["config"]["sampling"] == "epoch"
+
+
+@pytest.mark.parametrize("sampling,alpha,stop_loss", [
+    ("independent", 2.0, "ne_epoch_mean"), ("epoch", 2.0, "epoch_mean"), ("paired", 2.0, "ne_epoch_mean"),
+    ("paired", 1.0, "epoch_mean"), ("independent", 1.0, "full")])
+def test_epoch_end_checks_read_exactly_that_epochs_steps(sampling, alpha, stop_loss):
+    """--check-every epoch: a check every ceil(N/B) steps (ceil(N/2B) when B and B' are halves of one batch),
+    and the epoch readings average exactly the steps of the epoch that just ended."""
+    data = synthetic_data(n_train=100)
+    cfg = RunConfig(network="F1", alpha=alpha, batch_size=15, optimizer="sgd", lr=1e-30, max_steps=24,
+                    check_every="epoch", stop_loss=stop_loss, sampling=sampling, check_gate=0, device="cpu")
+    record = train(cfg, data=data)
+    epoch = math.ceil(100 / (30 if sampling == "paired" and alpha != 1 else 15))
+    assert record["check_interval"] == epoch and record["check_every"] == "epoch"
+    assert record["curve"]["step"] == [*range(epoch, 24, epoch), 24]  # and the last step, always
+    model = build_model("F1", seed=0)
+    sampler = make_sampler(cfg.effective_sampling, 100, 15, CPU, 0, second=alpha != 1)
+    per_step = []
+    with torch.no_grad():
+        for step in range(24):
+            idx = sampler.draw(step)
+            losses = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx], reduction="none")
+            l_b = losses[:15].mean()
+            ne = alpha * l_b + (1 - alpha) * losses[15:].mean() if alpha != 1 else l_b
+            per_step.append((ne if stop_loss == "ne_epoch_mean" else l_b).item())
+    full = F.cross_entropy(model.eval()(data.x_train), data.y_train).item()
+    for step, value in zip(record["curve"]["step"], record["curve"]["train_loss"]):
+        if stop_loss == "full":
+            assert value == pytest.approx(full, rel=1e-5)
+        elif step % epoch == 0:
+            assert value == pytest.approx(sum(per_step[step - epoch:step]) / epoch, rel=1e-5)
+
+
+def test_keras_adam_is_keras_step_exactly():
+    """Keras: w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), computed here by hand in float64, with
+    gradients small enough that eps matters; PyTorch's default differs from it."""
+    from nerepro.train import keras_adam_eps, make_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(50, dtype=torch.float64, generator=g)
+    grads = [torch.randn(50, dtype=torch.float64, generator=g) * 10 ** -k for k in (5, 6, 7, 8)]
+    hand, m, v = w0.clone(), torch.zeros(50, dtype=torch.float64), torch.zeros(50, dtype=torch.float64)
+    for t, grad in enumerate(grads, 1):
+        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad ** 2
+        hand = hand - 1e-3 * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (v.sqrt() + 1e-7)
+    ends = {}
+    for update in ("keras", "pytorch"):
+        w = w0.clone().requires_grad_()
+        cfg = RunConfig("F1", 1.0, 100, adam_update=update)
+        optimizer = make_optimizer(cfg, [w])
+        for t, grad in enumerate(grads, 1):
+            w.grad = grad.clone()
+            if update == "keras":
+                keras_adam_eps(optimizer, cfg.adam_eps, t)
+            optimizer.step()
+        ends[update] = w.detach()
+    torch.testing.assert_close(ends["keras"], hand, rtol=1e-12, atol=1e-15)
+    assert (ends["pytorch"] - hand).abs().max() > 1e-5  # the default is another update
+
+
+def test_keras_protocol_is_a_shorthand_for_its_settings(tmp_path):
+    from typer.testing import CliRunner
+
+    from nerepro.cli import app
+    from nerepro.config import PROTOCOLS
+
+    keras = RunConfig("F1", 1.5, 2000, **PROTOCOLS["keras"])
+    assert (keras.check_every, keras.stop_loss, keras.sampling, keras.adam_update) == \
+        ("epoch", "ne_epoch_mean", "paired", "keras")
+    data = tmp_path / "none"
+    out = CliRunner().invoke(app, ["train", "--network", "F1", "--alpha", "1.5", "--batch-size", "2000",
+                                   "--protocol", "keras", "--data-dir", str(data), "--out", str(tmp_path)])
+    assert out.exit_code == 2 and "Fashion-MNIST not found" in out.output  # got as far as the data
+    bad = CliRunner().invoke(app, ["train", "--network", "F1", "--alpha", "1.5", "--batch-size", "2000",
+                                   "--protocol", "tensorflow", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown protocol 'tensorflow': choose one of keras" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    grid = tmp_path / "g.toml"
+    grid.write_text('[[grid]]\nprotocol = "keras"\nnetwork = "F1"\nalpha = 1.5\nbatch_size = 2000\n'
+                    '[[grid]]\nprotocol = "keras"\nsampling = "independent"\nnetwork = "F1"\nalpha = 1.5\n'
+                    'batch_size = 2000\n')
+    from nerepro.grid import load_plan
+
+    runs = [c for _, c in load_plan([grid])]
+    assert keras.run_id in {c.run_id for c in runs}  # the preset's run id is that of its settings
+    assert {c.sampling for c in runs} == {"paired", "independent"}  # a setting beside the preset wins

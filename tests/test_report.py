@@ -1,5 +1,7 @@
 """Tables, claims and figures from hand-written records with known answers; bad results directories."""
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -71,17 +73,18 @@ def test_table_1_and_written_formats(known, tmp_path):
             "convergence_steps_std", "n", "paper_test_acc_mean"} <= set(csv.columns)
 
 
-def synthetic_grid(tmp_path, effect=1.0, seeds=10, b_opt=(100, 500, 1000), steps=(3000, 2000, 1000)):
+def synthetic_grid(tmp_path, effect=1.0, seeds=10, b_opt=(100, 500, 1000), steps=(3000, 2000, 1000),
+                   sizes=(100, 500, 1000, 5000), noise=0.1):
     """F1 runs where alpha = 1, 1.5, 2 peak at the given B_opt with accuracy 90 + effect x index."""
     rng = np.random.default_rng(0)
     recs = []
     for k, alpha in enumerate((1.0, 1.5, 2.0)):
-        for b in (100, 500, 1000, 5000):
+        for b in sizes:
             peak = 90 + effect * k if b == b_opt[k] else 89 - 0.001 * b
             for s in range(seeds):
-                recs.append(record("F1", alpha, b, s, peak + 0.1 * rng.standard_normal(),
+                recs.append(record("F1", alpha, b, s, peak + noise * rng.standard_normal(),
                                    int(steps[k] * (1 if b == b_opt[k] else 1.5) + rng.integers(0, 50))))
-    return load_results(write(tmp_path / f"grid-{effect}-{seeds}", recs))
+    return load_results(write(tmp_path / f"grid-{effect}-{seeds}-{len(sizes)}-{noise}", recs))
 
 
 def verdicts(found, letter):
@@ -123,6 +126,20 @@ def test_welch_matches_the_formula():
     se = np.sqrt(x.var(ddof=1) / 4 + y.var(ddof=1) / 3)
     assert t == pytest.approx((x.mean() - y.mean()) / se)
     assert 0 < p < 0.5 and welch_greater(x[:1], y) == (None, None)
+    assert welch_greater(np.full(3, 90.0), np.full(3, 89.0)) == (None, None)  # no spread: no test, not p = 0
+
+
+def test_claim_d_needs_ne_runs_above_the_small_batch_optimum(tmp_path):
+    """As in the quick grid: the largest B with NE is B_opt without NE, so (d) would only repeat (a)."""
+    found = claims(synthetic_grid(tmp_path, b_opt=(1000, 1000, 1000), sizes=(100, 500, 1000)), "paper protocol")
+    d = next(c for c in found if c.claim == "d")
+    assert d.verdict == "not enough data" and "above B=1000" in d.compared and d.p_value is None
+
+
+def test_identical_runs_are_not_evidence(tmp_path):
+    found = claims(synthetic_grid(tmp_path, noise=0.0), "paper protocol")
+    assert all(c.p_value != 0 for c in found if c.claim in "ad")
+    assert verdicts(found, "a") == ["not enough data", "not enough data"]
 
 
 def test_figure_2_axes_series_and_labels(tmp_path):
@@ -219,3 +236,41 @@ def test_baselines_table(tmp_path):
     assert tb["ne_test_acc_mean"] == pytest.approx(91.1) and tb["plain_2b_test_acc_mean"] == pytest.approx(89.1)
     assert tb["plain_beff_n"] == 2 and tb["ne_samples_processed_mean"] == 900 * 600
     assert "Compute-matched baselines" in write_tables(results, tmp_path / "out")
+
+
+def test_runs_csv_has_every_record_field_and_the_committed_one_is_current(tmp_path):
+    from conftest import REPO, synthetic_data
+    from nerepro import RunConfig, train
+    from nerepro.results import CONFIG_COLUMNS, PROVENANCE_COLUMNS, collect
+
+    import pandas as pd
+
+    records = [train(RunConfig("F1", alpha, 50, max_steps=20, check_every=10, device="cpu", stop_loss=stop),
+                     data=synthetic_data()) for alpha, stop in ((1.0, "full"), (1.5, "ne_epoch_mean"))]
+    path, rows, _ = collect(write(tmp_path / "r", records))
+    columns = set(pd.read_csv(path).columns)
+    scalars = {k for r in records for k, v in r.items() if not isinstance(v, (dict, list))}
+    assert scalars | {"variant", *CONFIG_COLUMNS} | {f"provenance_{k}" for k in PROVENANCE_COLUMNS} == columns
+    assert {"loop_s", "variant", "stop_loss", "sampling", "adam_update", "train_loss_full"} <= columns
+    committed = REPO / "results" / "quick"  # `make report` rebuilds it: it must say what collect says now
+    fresh, _, _ = collect(write(tmp_path / "quick", [json.loads(p.read_text())
+                                                     for p in (committed / "runs").glob("*.json")]))
+    assert list(pd.read_csv(committed / "runs.csv").columns) == list(pd.read_csv(fresh).columns)
+
+
+def test_report_names_mixed_or_uncommitted_code_once_at_the_top(tmp_path):
+    from nerepro.claims import write_claims
+    from nerepro.tables import write_tables
+
+    recs = [record("F1", 1.0, 100, s) for s in range(3)]
+    for r, (commit, dirty) in zip(recs, (("a" * 40, False), ("a" * 40, True), ("b" * 40, False))):
+        r["provenance"] = {"git_commit": commit, "git_dirty": dirty}
+    results = load_results(write(tmp_path / "r", recs))
+    note = "Provenance: the runs come from 2 commits: aaaaaaa (2 runs, 1 with uncommitted changes), bbbbbbb (1 run)."
+    assert results.provenance() == note
+    printed = write_tables(results, tmp_path / "out")
+    assert printed.count(note) == 1 + 3 and printed.startswith(note)  # once on top, once atop each table file
+    assert write_claims(results, tmp_path / "out").count(note) == 1
+    for r in recs:
+        r["provenance"] = {"git_commit": "a" * 40, "git_dirty": False}
+    assert load_results(write(tmp_path / "clean", recs)).provenance() is None
