@@ -114,8 +114,10 @@ def git_state() -> tuple[str | None, bool | None]:
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        # results are data, not code: a sweep writing its log into a committed results directory is not a change
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results"], capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip() != ""
         return commit, dirty
     except (OSError, subprocess.SubprocessError):
         return None, None
