@@ -74,6 +74,7 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
 
 
 def test_sweep_survives_repeated_sigkill(tmp_path, fake_fmnist_root):
+    """The runs train in packs of two (the default packs seeds together), with checkpoints every second."""
     config = write_config(tmp_path / "grid.toml", GRID)
     results = tmp_path / "results"
     rng = random.Random(0)
