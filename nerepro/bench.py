@@ -13,7 +13,7 @@ from .config import RunConfig
 from .fastpath import compile_mode
 from .models import build_model
 from .record import device_name
-from .train import resolve_device, train
+from .train import resolve_device, train, train_pack
 
 SHAPES = {"F1": ((1, 28, 28), 60_000, 10, 10_000), "C1": ((3, 32, 32), 50_000, 10, 10_000),
           "C2": ((3, 32, 32), 50_000, 100, 10_000)}  # input shape, train size, classes, test size
@@ -97,7 +97,7 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
     loop_s = record["loop_s"]
     memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"  # the run's, before the matmul probe
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    tf32 = dev.type == "cuda" and network != "F1" and precision == "fp32"
+    tf32 = dev.type == "cuda" and (precision == "tf32" or (network != "F1" and precision == "fp32"))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_peak(dev, dtype, tf32=tf32)
     flops = training_flops_per_sample(network)
@@ -116,6 +116,51 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
         "warmup_steps": warmup, "warmup_s": warmup_s,
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def bench_pack(network: str, batch_size: int, alpha: float, steps: int, runs: int, device: str = "auto",
+               precision: str = "fp32", check_every: int = 50, warmup: int = 5, data_dir: str | None = None) -> dict:
+    """`runs` runs (seeds 0..runs-1) trained one after another, then as one pack, in this process: the steps
+    of all runs per second each way and their ratio (README, 'Packs'). Peak memory: device memory of each
+    way on CUDA; on the CPU the process's peak RSS after the single runs and after the pack (it only grows)."""
+    dev = resolve_device(device)
+    cfgs = [RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=s, max_steps=steps,
+                      check_every=check_every, precision=precision, device=str(dev)) for s in range(runs)]
+    data, real = bench_data(network, dev, data_dir)
+    if warmup:
+        train_pack([c.replace(max_steps=warmup) for c in cfgs], data=data, final_evaluation=False)
+        train(cfgs[0].replace(max_steps=warmup), data=data, final_evaluation=False)
+    out = {}
+    for way in ("single", "pack"):
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        _sync(dev)
+        start = time.perf_counter()
+        if way == "single":
+            records = [train(c, data=data, final_evaluation=False) for c in cfgs]
+        else:
+            records = train_pack(cfgs, data=data, final_evaluation=False)
+        _sync(dev)
+        seconds = time.perf_counter() - start
+        memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        out[way] = {"seconds": seconds, "run_steps_per_s": sum(r["steps"] for r in records) / seconds,
+                    "peak_memory_gib": memory / 2 ** 30}
+    return {"network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision, "runs": runs,
+            "steps": steps, "check_every": check_every, "data": "real" if real else "random",
+            "device": device_name(dev), "device_type": dev.type, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "single": out["single"], "pack": out["pack"],
+            "speedup": out["pack"]["run_steps_per_s"] / out["single"]["run_steps_per_s"],
+            "memory_kind": "device" if dev.type == "cuda" else "process RSS", "date": time.strftime("%Y-%m-%d")}
+
+
+def pack_summary(r: dict) -> str:
+    return (f"{r['network']} B={r['batch_size']} alpha={r['alpha']:g} {r['precision']}, {r['runs']} runs of "
+            f"{r['steps']} steps on {r['device']} ({r['device_type']}, {r['threads']} threads, {r['data']} data): "
+            f"one after another {r['single']['run_steps_per_s']:.1f} run-steps/s, as a pack "
+            f"{r['pack']['run_steps_per_s']:.1f} run-steps/s: {r['speedup']:.2f}x; peak {r['memory_kind']} memory "
+            f"{r['single']['peak_memory_gib']:.2f} GiB after the single runs, {r['pack']['peak_memory_gib']:.2f} GiB "
+            f"after the pack")
 
 
 def summary(result: dict) -> str:

@@ -85,7 +85,8 @@ def train(
     protocol: Annotated[Optional[str], typer.Option(
         help="A named reading of the paper's open choices: keras = --check-every epoch --stop-loss "
              "ne_epoch_mean --sampling paired --adam-update keras (options given beside it win).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA) or bf16 (autocast body).")] = "fp32",
+    precision: Annotated[str, typer.Option(
+        help="fp32 (TF32 convolutions on CUDA), tf32 (TF32 matmuls too) or bf16 (autocast body).")] = "fp32",
     reference: Annotated[str, typer.Option(
         help="minibatch (Eq. 6: a second minibatch B') or full (Eq. 5: the exact full-batch gradient; each step "
              "then costs B + N samples).")] = "minibatch",
@@ -157,6 +158,13 @@ def sweep(
     gpus_per_run: Annotated[float, typer.Option(help="GPU fraction of each Ray task.")] = 1.0,
     checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints of a running "
                                                          "run.")] = 300.0,
+    pack: Annotated[str, typer.Option(
+        help="auto: train F1 runs that differ only in seed and alpha together, up to --max-pack per program; "
+             "off: one run at a time.")] = "auto",
+    max_pack: Annotated[int, typer.Option(help="The most runs in one pack.")] = 10,
+    tflops: Annotated[Optional[str], typer.Option(
+        help="With --dry-run: training throughputs to turn the estimated FLOP into wall time, as "
+             "name=TFLOP/s pairs, e.g. fp32=40,tf32=250 (what `nerepro bench --pack` reaches).")] = None,
     time_limit: Annotated[Optional[str], typer.Option(
         help="Wall time this sweep may take (seconds, or 90s, 10m, 2h): runs that cannot finish in the time "
              "left are not started, running ones pause in their checkpoints, and it exits 0; rerun to "
@@ -179,6 +187,8 @@ def sweep(
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
     if workers_per_device is not None and workers_per_device < 1:
         raise ConfigError("--workers-per-device must be at least 1")
+    if pack not in ("auto", "off") or max_pack < 1:
+        raise ConfigError(f"--pack takes auto or off and --max-pack a positive number, got {pack!r}, {max_pack}")
     started = time.time()
     limit = parse_duration(time_limit) if time_limit is not None else None
     plan = load_plan(configs, seeds)
@@ -196,6 +206,8 @@ def sweep(
         samples = sum(estimated_samples(c) for c in todo)
         typer.echo(f"{_todo_line(todo, runs)}; "
                    f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B) and the subset)")
+        for line in dry_run_costs(todo, max_pack if pack == "auto" else 1, priority, parse_rates(tflops)):
+            typer.echo(line)
         return
     from .record import check_writable
 
@@ -209,7 +221,8 @@ def sweep(
     # stop early enough to checkpoint, shut the workers down and summarise inside the limit
     deadline = started + limit - min(30.0, max(3.0, 0.05 * limit)) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
-                   on_event=display, deadline=deadline)
+                   on_event=display, deadline=deadline, max_pack=max_pack if pack == "auto" else 1,
+                   priority=priority)
     if executor == "ray":
         options.update(address=address, gpus_per_run=gpus_per_run)
     else:
@@ -243,6 +256,42 @@ def parse_check_every(text: str | None) -> int | str | None:
         from .errors import ConfigError
 
         raise ConfigError(f"--check-every takes a number of steps or 'epoch', got {text!r}") from None
+
+
+def parse_rates(text: str | None) -> dict[str, float]:
+    """'fp32=40,tf32=250' -> {'fp32': 40.0, 'tf32': 250.0} (TFLOP/s)."""
+    from .errors import ConfigError
+
+    rates = {}
+    for part in (text or "").split(","):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        try:
+            rates[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--tflops takes name=TFLOP/s pairs, e.g. fp32=40,tf32=250, got {text!r}") from None
+        if not rates[name.strip()] > 0:
+            raise ConfigError(f"--tflops takes positive throughputs, got {text!r}")
+    return rates
+
+
+def dry_run_costs(todo: list, max_pack: int, priority: dict, rates: dict[str, float]) -> list[str]:
+    """Per network: runs, packs, estimated steps, samples and training FLOP, and the wall time on one device
+    at each throughput given (--tflops). Packing changes no FLOP count: members leave their pack when they end."""
+    from .bench import training_flops_per_sample
+    from .cost import estimated_samples, estimated_steps
+    from .sweep import form_packs
+
+    lines = []
+    for network in sorted({c.network for c in todo}):
+        runs = [c for c in todo if c.network == network]
+        packs = form_packs(runs, max_pack, priority)
+        flop = sum(estimated_samples(c) for c in runs) * training_flops_per_sample(network)
+        times = "".join(f"; at {name} {rate:g} TFLOP/s: {flop / rate / 1e12 / 60:.0f} min" for name, rate in rates.items())
+        lines.append(f"{network}: {len(runs)} runs in {len(packs)} packs of up to {max_pack}, "
+                     f"{sum(estimated_steps(c) for c in runs):.3g} steps, {flop:.3g} training FLOP{times}")
+    return lines
 
 
 def parse_duration(text: str) -> float:
@@ -371,10 +420,12 @@ def bench(
     steps: Annotated[int, typer.Option(help="Steps to time, after the warm-up.")] = 100,
     warmup: Annotated[int, typer.Option(help="Steps run first and not timed (compilation, autotuning).")] = 20,
     check_every: Annotated[int, typer.Option(help="Steps between loss checks, as in a real run.")] = 50,
-    precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA) or bf16.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA), tf32 (matmuls too) or bf16.")] = "fp32",
     compile: Annotated[str, typer.Option(help="auto (on for C1/C2 on CUDA), off, default or reduce-overhead.")] = "auto",
     device: Device = "auto",
     data_dir: DataDir = None,
+    pack: Annotated[int, typer.Option(help="Time this many runs (seeds 0..N-1) one after another and as one pack "
+                                           "(F1); 1: a single run.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object instead of the summary line.")] = False,
 ):
     """Time the training loop: steps/s, samples/s, TFLOP/s against a matmul peak measured now, check share, memory.
@@ -384,8 +435,16 @@ def bench(
     import json
 
     from .bench import bench as run_bench
-    from .bench import summary
+    from .bench import bench_pack, pack_summary, summary
+    from .errors import ConfigError
 
+    if pack < 1:
+        raise ConfigError(f"--pack takes a number of runs, at least 1, got {pack}")
+    if pack > 1:
+        result = bench_pack(network, batch_size, alpha, steps, pack, device, precision, check_every, warmup,
+                            str(data_dir) if data_dir else None)
+        typer.echo(json.dumps(result) if json_out else pack_summary(result))
+        return
     result = run_bench(network, batch_size, alpha, steps, device, precision, check_every, compile, warmup,
                        str(data_dir) if data_dir else None)
     typer.echo(json.dumps(result) if json_out else summary(result))

@@ -53,7 +53,7 @@ class RunConfig:
     bn_momentum: float = 0.01  # (id) PyTorch convention; Keras' moving-average momentum 0.99
     check_gate: float = 4.0  # (id) full checks every check_every steps once the mean minibatch loss < gate x target; 0 = always
     check_budget: float = 0.02  # (id) before that, full checks only within this share of the training compute
-    precision: str = "fp32"  # (id) "fp32" (TF32 convolutions on CUDA) or "bf16" (autocast body, fp32 logits/loss)
+    precision: str = "fp32"  # (id) "fp32" (TF32 convolutions on CUDA), "tf32" (TF32 matmuls too) or "bf16"
     stop_loss: str = "full"  # (id) the loss L* and L** are read on: "full" (Eq. 1), "epoch_mean", "ne_epoch_mean"
     sampling: str = "independent"  # (id) how B and B' are drawn: "independent", "epoch", "paired"
     reference: str = "minibatch"  # (id) what replaces grad L in Eq. (5): "minibatch" B' (Eq. 6) or "full" grad L

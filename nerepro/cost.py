@@ -111,11 +111,21 @@ def parameter_count(network: str) -> int:
     return sum(p.numel() for p in build_model(network).parameters())
 
 
+def estimated_pack_bytes(cfgs: list[RunConfig]) -> float:
+    """Device memory of runs trained as one pack: the dataset and the overhead once, the rest per run."""
+    shared = dataset_bytes(cfgs[0]) + DEVICE_OVERHEAD
+    return shared + sum(estimated_device_bytes(c) - shared for c in cfgs)
+
+
+def dataset_bytes(cfg: RunConfig) -> float:
+    pixels = math.prod(INPUT_SHAPE[cfg.network])
+    return (TRAIN_SIZE[cfg.network] + TEST_SIZE[cfg.network]) * (pixels * 4 + 8)
+
+
 def estimated_device_bytes(cfg: RunConfig) -> float:
     """Device memory a run needs: the dataset held whole, weights with gradients and Adam's two moments, the
     activations of one step (B, or 2B with NE; a chunk of the full-gradient reference), and overhead."""
-    pixels = math.prod(INPUT_SHAPE[cfg.network])
-    data = (TRAIN_SIZE[cfg.network] + TEST_SIZE[cfg.network]) * (pixels * 4 + 8)
+    data = dataset_bytes(cfg)
     weights = 4 * 4 * parameter_count(cfg.network)
     step_samples = cfg.batch_size * (1 if cfg.alpha == 1 else 2)
     if cfg.effective_reference == "full":

@@ -11,16 +11,17 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
 
 
-def configure_backends(device: torch.device) -> None:
-    """cuDNN autotuning, and TF32 for convolutions (not for matmuls: F1 and the dense layers stay fp32)."""
+def configure_backends(device: torch.device, precision: str = "fp32") -> None:
+    """cuDNN autotuning, and TF32 for convolutions; matmuls (F1 and the dense layers) stay fp32 unless the
+    run's precision is tf32 (a speed option, in the run id: about 10 bits of mantissa in the products)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
 def channels_last(network: str, device: torch.device) -> bool:

@@ -44,25 +44,34 @@ def full_check_due(minibatch_loss: float, target: float, gate: float, spent: int
 
 class EpochWindow:
     """The minibatch losses L_B and NE losses alpha L_B + (1 - alpha) L_B' of the last `size` steps (one
-    epoch), kept on the device: the `epoch_mean` and `ne_epoch_mean` readings of "the training loss"."""
+    epoch) of each of `runs` runs trained in step (a pack), kept on the device: the `epoch_mean` and
+    `ne_epoch_mean` readings of "the training loss"."""
 
-    def __init__(self, size: int, device: torch.device):
+    def __init__(self, size: int, device: torch.device, runs: int = 1):
         self.size, self.count = size, 0
-        self.values = torch.zeros(2, size, device=device)
+        self.values = torch.zeros(runs, 2, size, device=device)
 
     def add(self, loss_b: torch.Tensor, loss_ne: torch.Tensor) -> None:
-        self.values[:, self.count % self.size] = torch.stack([loss_b.float(), loss_ne.float()])
+        """One step's losses: scalars for one run, (runs,) tensors for a pack."""
+        self.values[:, :, self.count % self.size] = torch.stack([loss_b.float(), loss_ne.float()], -1).view(-1, 2)
         self.count += 1
 
+    def means(self, ne: bool) -> list[float]:
+        """Each run's mean over the last epoch (or over the steps so far, before the first epoch is complete)."""
+        return self.values[:, int(ne), :min(self.count, self.size)].mean(1).tolist()
+
     def mean(self, ne: bool) -> float:
-        """Mean over the last epoch (or the steps so far, before the first epoch is complete)."""
-        return self.values[int(ne), :min(self.count, self.size)].mean().item()
+        return self.means(ne)[0]
 
-    def state_dict(self) -> dict:
-        return {"values": self.values.cpu(), "count": self.count}
+    def keep(self, runs: list[int]) -> None:
+        """Only these runs from now on (the others left the pack)."""
+        self.values = self.values[runs]
 
-    def load_state_dict(self, state: dict) -> None:
-        self.values.copy_(state["values"])
+    def state_dict(self, run: int = 0) -> dict:
+        return {"values": self.values[run].cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict, run: int = 0) -> None:
+        self.values[run].copy_(state["values"])
         self.count = state["count"]
 
 

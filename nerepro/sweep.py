@@ -17,11 +17,12 @@ import torch
 
 from . import data as datasets
 from .config import RunConfig
-from .cost import Throughput, estimated_device_bytes
+from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes
 from .errors import ConfigError
 from .record import provenance
 from .results import ResultsDir
-from .train import OutOfTime, resolve_device, train
+from .pack import pack_key, packable
+from .train import OutOfTime, resolve_device, train_pack
 
 Event = Callable[[str, dict], None]  # ("start" | "check" | "done" | "note", payload) for progress displays
 MEMORY_USABLE = 0.95  # share of a GPU's memory the runs on it may be estimated to take together
@@ -100,55 +101,83 @@ class MemoryGate:
                     self.cond.notify_all()
 
 
-def run_one(cfg: RunConfig, results: ResultsDir, cache: DataCache, on_event: Event | None = None,
-            checkpoint_every_s: float = 300.0, deadline: float | None = None,
-            gate: MemoryGate | None = None) -> dict | None:
-    """Train one run (resuming its checkpoint if any); an exception becomes an `error` record, a run paused
-    at the deadline gives None (its checkpoint continues it)."""
+def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_event: Event | None = None,
+             checkpoint_every_s: float = 300.0, deadline: float | None = None, gate: MemoryGate | None = None,
+             write: bool = True) -> list[dict]:
+    """Train runs as one pack (a single run: a pack of one), each resuming its checkpoint if any, and return
+    the records of those that ended; with `write`, each record is written the moment its run ends. An
+    exception becomes an `error` record for every run it stopped; runs paused at the deadline give none
+    (their checkpoints continue them)."""
+    ended: list[dict] = []
+
+    def deliver(record: dict) -> None:
+        if write:
+            results.write(record)
+        ended.append(record)
+
     try:
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfgs[0].device)
         total = device_memory(device)
-        check_fits(cfg, total)
-        need = math.ceil(estimated_device_bytes(cfg) / 2 ** 20) if gate is not None else 0
-    except Exception as e:  # noqa: BLE001 - any failure of one run is data; the sweep goes on
-        return error_record(cfg, e, cfg.device)
+        for cfg in cfgs:
+            check_fits(cfg, total)
+        need = math.ceil(estimated_pack_bytes(cfgs) / 2 ** 20) if gate is not None else 0
+    except Exception as e:  # noqa: BLE001 - any failure of a run is data; the sweep goes on
+        for cfg in cfgs:
+            deliver(error_record(cfg, e, cfg.device))
+        return ended
     with gate.hold(need, int(MEMORY_USABLE * total / 2 ** 20), deadline) if gate is not None \
             else contextlib.nullcontext(True) as admitted:
         if not admitted:
-            return None
+            return ended
         try:
-            progress = (lambda step, loss: on_event("check", {"run_id": cfg.run_id, "step": step, "loss": loss})) \
+            progress = (lambda run_id, step, loss: on_event("check", {"run_id": run_id, "step": step, "loss": loss})) \
                 if on_event else None
-            return train(cfg, data=cache.get(cfg, device), progress=progress,
-                         checkpoint=results.checkpoint_path(cfg.run_id), checkpoint_every_s=checkpoint_every_s,
-                         deadline=deadline)
+            train_pack(cfgs, data=cache.get(cfgs[0], device), progress=progress,
+                       checkpoints=[results.checkpoint_path(c.run_id) for c in cfgs],
+                       checkpoint_every_s=checkpoint_every_s, deadline=deadline, on_record=deliver)
         except OutOfTime as e:
-            results.log(f"paused:{e.step}", cfg.run_id)
+            for run_id in e.run_ids:
+                results.log(f"paused:{e.step}", run_id)
             if on_event:
                 on_event("note", {"message": str(e)})
-            return None
         except Exception as e:  # noqa: BLE001
-            return error_record(cfg, e, cfg.device)
-        finally:  # the exception (and the run's frames it holds) is gone here
-            if device.type == "cuda":  # hand the run's memory back before the gate counts it free
+            finished = {r["run_id"] for r in ended}
+            for cfg in cfgs:
+                if cfg.run_id not in finished:
+                    deliver(error_record(cfg, e, cfg.device))
+        finally:  # the exception (and the runs' frames it holds) is gone here
+            if device.type == "cuda":  # hand the runs' memory back before the gate counts it free
                 gc.collect()
                 torch.cuda.empty_cache()
+    return ended
 
 
-def claim_and_run(cfg: RunConfig, results: ResultsDir, cache: DataCache, on_event: Event | None = None,
+def claim_and_run(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_event: Event | None = None,
                   checkpoint_every_s: float = 300.0, write: bool = True, deadline: float | None = None,
-                  gate: MemoryGate | None = None) -> dict | None:
-    """Run `cfg` unless another process holds it or it got recorded meanwhile; write its record."""
-    with results.claim(cfg.run_id) as mine:
-        if not mine or cfg.run_id in results.done():
-            return None
-        results.log("start", cfg.run_id)
-        if on_event:
-            on_event("start", {"run_id": cfg.run_id})
-        record = run_one(cfg, results, cache, on_event, checkpoint_every_s, deadline, gate)
-        if write and record is not None:
-            results.write(record)
-        return record
+                  gate: MemoryGate | None = None) -> list[dict]:
+    """Run the runs of a pack that no other process holds and that are not recorded meanwhile; returns the
+    records written (with `write`) or to write."""
+    with contextlib.ExitStack() as held:
+        done = results.done()
+        mine = [c for c in cfgs if held.enter_context(results.claim(c.run_id)) and c.run_id not in done]
+        if not mine:
+            return []
+        for cfg in mine:
+            results.log("start", cfg.run_id)
+            if on_event:
+                on_event("start", {"run_id": cfg.run_id})
+        return run_pack(mine, results, cache, on_event, checkpoint_every_s, deadline, gate, write)
+
+
+def form_packs(runs: list[RunConfig], max_pack: int = 1, priority: dict | None = None) -> list[list[RunConfig]]:
+    """The units a sweep hands out, in the order of their first run: runs of the same priority that can share
+    a pack (pack.py: F1, differing only in seed and alpha) in packs of at most `max_pack`; others alone."""
+    groups: dict[tuple, list[RunConfig]] = {}
+    for cfg in runs:
+        key = (priority.get(cfg.run_id, 0) if priority else 0,
+               pack_key(cfg) if max_pack > 1 and packable(cfg) else cfg.run_id)
+        groups.setdefault(key, []).append(cfg)
+    return [members[i:i + max_pack] for members in groups.values() for i in range(0, len(members), max_pack)]
 
 
 def pending_runs(runs: list[RunConfig], results: ResultsDir) -> list[RunConfig]:
@@ -178,26 +207,33 @@ def summarize(records: list[dict]) -> Counter:
 
 
 class Schedule:
-    """The runs still to start, in the given order; with a deadline, only those whose estimated time (the
-    cost model at the throughput measured so far in this sweep) fits the time left. A run without a
-    throughput figure yet is started while a quarter of the time is left (it may compile first; at the
-    deadline it pauses in its checkpoint)."""
+    """The packs (lists of runs; a single run is a pack of one) still to start, in the given order; with a
+    deadline, only those whose estimated time (the cost model at the throughput measured so far in this
+    sweep, for the pack's slowest run) fits the time left. A pack without a throughput figure yet is started
+    while a quarter of the time is left (it may compile first; at the deadline it pauses in checkpoints)."""
 
-    def __init__(self, runs: list[RunConfig], deadline: float | None, throughput: Throughput):
-        self.queue, self.deadline, self.throughput = list(runs), deadline, throughput
+    def __init__(self, units: list[list[RunConfig]], deadline: float | None, throughput: Throughput):
+        self.queue, self.deadline, self.throughput = list(units), deadline, throughput
         self.unknown_until = None if deadline is None else deadline - 0.25 * max(0.0, deadline - time.time())
 
-    def fits(self, cfg: RunConfig) -> bool:
+    def fits(self, unit: list[RunConfig]) -> bool:
         if self.deadline is None:
             return True
-        seconds, now = self.throughput.seconds(cfg), time.time()
-        return now + seconds <= self.deadline if seconds is not None else now <= self.unknown_until
+        estimates, now = [self.throughput.seconds(cfg) for cfg in unit], time.time()
+        if any(seconds is None for seconds in estimates):
+            return now <= self.unknown_until
+        return now + max(estimates) <= self.deadline
 
-    def next(self) -> RunConfig | None:
-        for i, cfg in enumerate(self.queue):
-            if self.fits(cfg):
+    def next(self) -> list[RunConfig] | None:
+        for i, unit in enumerate(self.queue):
+            if self.fits(unit):
                 return self.queue.pop(i)
         return None
+
+
+def as_units(runs: list) -> list[list[RunConfig]]:
+    """Runs or packs of runs, as packs."""
+    return [u if isinstance(u, list) else [u] for u in runs]
 
 
 # ---- the local executor: one process per slot --------------------------------------------------------
@@ -234,20 +270,21 @@ def _die_with_parent(parent: int) -> None:
         pass
 
 
-def _worker_run(cfg: RunConfig, root: str, deadline: float | None) -> dict | None:
-    cfg = dataclasses.replace(cfg, device=_WORKER["device"])
+def _worker_run(unit: list[RunConfig], root: str, deadline: float | None) -> list[dict]:
+    unit = [dataclasses.replace(cfg, device=_WORKER["device"]) for cfg in unit]
     events = _WORKER["events"]
     on_event = lambda kind, payload: events.put((kind, payload))  # noqa: E731
-    return claim_and_run(cfg, ResultsDir(root), _WORKER["cache"], on_event, _WORKER["checkpoint_every_s"],
+    return claim_and_run(unit, ResultsDir(root), _WORKER["cache"], on_event, _WORKER["checkpoint_every_s"],
                          deadline=deadline, gate=_WORKER["gate"])
 
 
-def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
+def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
               data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
               max_restarts: int = 3, deadline: float | None = None) -> list[dict]:
-    """Run `runs` (in the order given) in one worker process per slot, or in this process if there is one
-    slot; each worker keeps its datasets on its device. A pool whose worker died is restarted. With a
-    `deadline`, runs that cannot finish by then are not started and running ones pause in their checkpoints."""
+    """Run `runs` (runs, or packs of runs: `form_packs`; in the order given) in one worker process per slot,
+    or in this process if there is one slot; each worker keeps its datasets on its device. A pool whose
+    worker died is restarted. With a `deadline`, packs that cannot finish by then are not started and
+    running ones pause in their checkpoints."""
     import multiprocessing as mp
     import queue
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -256,11 +293,12 @@ def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", 
     names = slots(device, workers_per_device)
     # results on the CPU depend on the thread count, so it follows the requested layout, not the runs left
     threads = max(1, (os.cpu_count() or 1) // len(names))
-    names = names[:max(1, len(runs))]
+    units = as_units(runs)
+    names = names[:max(1, len(units))]
     throughput, finished = Throughput(), []
 
-    def done(record: dict | None) -> None:
-        if record is not None:
+    def done(records: list[dict]) -> None:
+        for record in records:
             finished.append(record)
             throughput.add(record)
             if on_event:
@@ -269,20 +307,20 @@ def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", 
     if len(names) == 1:  # one worker: this process is it
         cache, previous = DataCache(data_dir), torch.get_num_threads()
         torch.set_num_threads(threads)
-        schedule = Schedule(runs, deadline, throughput)
+        schedule = Schedule(units, deadline, throughput)
         try:
-            while (cfg := schedule.next()) is not None:
-                done(claim_and_run(dataclasses.replace(cfg, device=names[0]), results, cache, on_event,
-                                   checkpoint_every_s, deadline=deadline))
+            while (unit := schedule.next()) is not None:
+                done(claim_and_run([dataclasses.replace(cfg, device=names[0]) for cfg in unit], results, cache,
+                                   on_event, checkpoint_every_s, deadline=deadline))
         finally:
             torch.set_num_threads(previous)
         return finished
     ctx = mp.get_context("spawn")
     shared = [n for n in set(names) if n.startswith("cuda") and names.count(n) > 1]
     for attempt in range(max_restarts + 1):
-        recorded = results.done()
-        schedule = Schedule([c for c in runs if c.run_id not in recorded and c.run_id not in
-                             {r["run_id"] for r in finished}], deadline, throughput)
+        recorded = results.done() | {r["run_id"] for r in finished}
+        schedule = Schedule([left for unit in units if (left := [c for c in unit if c.run_id not in recorded])],
+                            deadline, throughput)
         if not schedule.queue:
             break
         slot_queue, event_queue = ctx.Queue(), ctx.Queue()
@@ -295,8 +333,8 @@ def run_local(runs: list[RunConfig], results: ResultsDir, device: str = "auto", 
         try:
             futures = set()
             while True:
-                while len(futures) < len(names) and (cfg := schedule.next()) is not None:
-                    futures.add(pool.submit(_worker_run, cfg, str(results.root), deadline))
+                while len(futures) < len(names) and (unit := schedule.next()) is not None:
+                    futures.add(pool.submit(_worker_run, unit, str(results.root), deadline))
                 if not futures:
                     break
                 ready, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -331,15 +369,15 @@ def _drain(event_queue, on_event: Event | None, empty) -> None:
             on_event(kind, payload)
 
 
-# ---- the Ray executor: one task per run, the driver writes the records ------------------------------
+# ---- the Ray executor: one task per pack, the driver writes the records -----------------------------
 
-def _ray_task(cfg: RunConfig, root: str, data_dir: str | None, checkpoint_every_s: float,
-              deadline: float | None) -> dict | None:
+def _ray_task(unit: list[RunConfig], root: str, data_dir: str | None, checkpoint_every_s: float,
+              deadline: float | None) -> list[dict]:
     if deadline is not None and time.time() >= deadline:
-        return None  # scheduled too late: leave it to the next sweep
-    cfg = dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+        return []  # scheduled too late: leave it to the next sweep
+    unit = [dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu") for cfg in unit]
     cache = _WORKER.setdefault("cache", DataCache(data_dir))  # a CPU worker serves many tasks; a GPU one, one
-    return claim_and_run(cfg, ResultsDir(root), cache, None, checkpoint_every_s, write=False, deadline=deadline)
+    return claim_and_run(unit, ResultsDir(root), cache, None, checkpoint_every_s, write=False, deadline=deadline)
 
 
 def _gpu_memory() -> int:
@@ -352,20 +390,21 @@ def ray_remote_options(gpus: float) -> dict:
     return {"max_calls": 1 if gpus else 0}  # 0: no limit (Ray's default for CPU tasks)
 
 
-def ray_gpu_share(cfg: RunConfig, gpus: float, total: int) -> float:
-    """The GPUs a run's task asks for: `gpus` (--gpus-per-run), or the share of one GPU its estimated memory
-    needs if that is more, so that Ray never packs runs onto a GPU whose memory they cannot share."""
-    need = math.ceil(100 * estimated_device_bytes(cfg) / (MEMORY_USABLE * total)) / 100
+def ray_gpu_share(unit: list[RunConfig], gpus: float, total: int) -> float:
+    """The GPUs a pack's task asks for: `gpus` (--gpus-per-run), or the share of one GPU its estimated memory
+    needs if that is more, so that Ray never puts runs on a GPU whose memory they cannot share."""
+    need = math.ceil(100 * estimated_pack_bytes(unit) / (MEMORY_USABLE * total)) / 100
     return max(gpus, min(1.0, need))
 
 
-def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
+def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
             max_retries: int = 3, deadline: float | None = None) -> list[dict]:
-    """Each run a Ray task, retried when its worker is lost, submitted in order as the cluster has room (so a
-    deadline stops submission, as in the local executor). Where the cluster has GPUs a task takes
-    `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no GPU is refused),
-    and its worker process exits after it (a fresh CUDA context, data cache and allocator for every run)."""
+    """Each pack (a single run: a pack of one) a Ray task, retried when its worker is lost, submitted in order
+    as the cluster has room (so a deadline stops submission, as in the local executor). Where the cluster has
+    GPUs a task takes `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no
+    GPU is refused), and its worker process exits after it (a fresh CUDA context, data cache and allocator
+    for every task). A task's records are written when it ends."""
     try:
         import ray
     except ImportError:
@@ -382,7 +421,7 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
     task = ray.remote(**ray_remote_options(gpus))(_ray_task)
     total = ray.get(ray.remote(num_gpus=min(gpus, 1), max_calls=1)(_gpu_memory).remote()) if gpus else None
     throughput, finished, refs = Throughput(), [], {}
-    schedule = Schedule(runs, deadline, throughput)
+    schedule = Schedule(as_units(runs), deadline, throughput)
 
     def write(cfg: RunConfig, record: dict | None) -> None:
         if record is None:
@@ -397,32 +436,38 @@ def run_ray(runs: list[RunConfig], results: ResultsDir, address: str | None = No
             on_event("done", record)
 
     while True:
-        while len(refs) < capacity and (cfg := schedule.next()) is not None:
+        while len(refs) < capacity and (unit := schedule.next()) is not None:
             share = gpus
             if gpus:
                 try:
-                    check_fits(cfg, total)
+                    for cfg in unit:
+                        check_fits(cfg, total)
                 except ConfigError as e:
-                    write(cfg, error_record(cfg, e))
+                    for cfg in unit:
+                        write(cfg, error_record(cfg, e))
                     continue
-                share = ray_gpu_share(cfg, gpus, total)
+                share = ray_gpu_share(unit, gpus, total)
             refs[task.options(num_cpus=1, num_gpus=share, max_retries=max_retries).remote(
-                cfg, str(results.root), data_dir, checkpoint_every_s, deadline)] = cfg
+                unit, str(results.root), data_dir, checkpoint_every_s, deadline)] = unit
         if not refs:
             return finished
         ready, _ = ray.wait(list(refs), num_returns=1)
         for ref in ready:
-            cfg = refs.pop(ref)
+            unit = refs.pop(ref)
             try:
-                record = ray.get(ref)
+                records = {r["run_id"]: r for r in ray.get(ref)}
             except Exception as e:  # noqa: BLE001 - lost beyond its retries, or failed outside train()
-                record = error_record(cfg, e)
-            write(cfg, record)
+                records = {cfg.run_id: error_record(cfg, e) for cfg in unit}
+            for cfg in unit:
+                write(cfg, records.get(cfg.run_id))
 
 
-def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", **options) -> list[dict]:
-    """Run every run of `runs` not yet recorded under `root`; returns the records written now."""
+def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", max_pack: int = 1,
+              priority: dict | None = None, **options) -> list[dict]:
+    """Run every run of `runs` not yet recorded under `root`, in packs of up to `max_pack` where runs can share
+    one (form_packs); returns the records written now."""
     results = ResultsDir(root)
+    units = form_packs(runs, max_pack, priority)
     if executor == "ray":
-        return run_ray(runs, results, **options)
-    return run_local(runs, results, **options)
+        return run_ray(units, results, **options)
+    return run_local(units, results, **options)

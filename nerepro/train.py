@@ -18,6 +18,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
+from .pack import check_pack, pack_dataset_loss, pack_objective
 from .record import finite_or_none, git_state, provenance
 from .sampling import make_sampler
 from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
@@ -27,14 +28,15 @@ CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The 
 
 
 class OutOfTime(Exception):
-    """A run paused at its deadline (a sweep's --time-limit), its state saved in its checkpoint."""
+    """Runs paused at their deadline (a sweep's --time-limit), their states saved in their checkpoints."""
 
-    def __init__(self, run_id: str, step: int):
-        super().__init__(f"{run_id} paused at step {step} (time limit); its checkpoint continues it")
-        self.run_id, self.step = run_id, step
+    def __init__(self, run_ids: list[str], step: int):
+        names = run_ids[0] if len(run_ids) == 1 else f"{len(run_ids)} runs of a pack ({', '.join(run_ids)})"
+        super().__init__(f"{names} paused at step {step} (time limit); the checkpoint continues it")
+        self.run_ids, self.step = list(run_ids), step
 
     def __reduce__(self):  # picklable across processes
-        return type(self), (self.run_id, self.step)
+        return type(self), (self.run_ids, self.step)
 
 
 @dataclass
@@ -111,113 +113,251 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     `save_weights` receives the final model's state dict (for `nerepro noise --weights`).
     At `deadline` (a `time.time()` value) the run saves its checkpoint at the step it reached and raises
     OutOfTime; the next call with the same checkpoint continues it to the record an uninterrupted run gives.
+    One run is a pack of one: `train_pack` is the loop.
     """
+    report = (lambda run_id, step, text: progress(step, text)) if progress else None
+    return train_pack([cfg], data, data_dir, report, [checkpoint], checkpoint_every_s, final_evaluation,
+                      deadline, save_weights=save_weights)[0]
+
+
+@dataclass
+class Member:
+    """One run of a pack: its own model, optimizer, sampler, schedule state and checkpoint."""
+
+    cfg: RunConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: object
+    state: RunState
+    checkpoint: Path | None
+
+
+def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_dir: str | None = None,
+               progress: Callable[[str, int, str], None] | None = None, checkpoints: list[Path | None] | None = None,
+               checkpoint_every_s: float = 300.0, final_evaluation: bool = True, deadline: float | None = None,
+               on_record: Callable[[dict], None] | None = None, save_weights: Path | None = None) -> list[dict]:
+    """Train runs that differ only in seed and alpha together (pack.py), each to its own stopping point, and
+    return their records in the order given (`on_record` receives each as soon as its run ends; a run that
+    ends leaves the pack). A single run is a pack of one and trains exactly as it always has. Runs resumed
+    from checkpoints at different steps are trained as one pack per step, one after another."""
+    check_pack(cfgs)
+    checkpoints = list(checkpoints or [None] * len(cfgs))
     t_start = time.perf_counter()
     git_state()  # read once per process, when its code was loaded, not when a long run ends
+    cfg = cfgs[0]  # what the runs of a pack share (check_pack)
     device = resolve_device(cfg.device)
-    fastpath.configure_backends(device)
+    fastpath.configure_backends(device, cfg.precision)
     data = prepare_data(cfg, data, device, data_dir)
-    model = build_model(cfg.network, seed=cfg.seed, ghost_batch_size=cfg.ghost_batch_size, bn_eps=cfg.bn_eps,
-                        bn_momentum=cfg.bn_momentum)
-    model = fastpath.place(model, cfg.network, device).train()
-    forward = fastpath.compiled(model, fastpath.compile_mode(cfg.compile, device, cfg.network))
+    members = []
+    for c, path in zip(cfgs, checkpoints):
+        model = build_model(c.network, seed=c.seed, ghost_batch_size=c.ghost_batch_size, bn_eps=c.bn_eps,
+                            bn_momentum=c.bn_momentum)
+        model = fastpath.place(model, c.network, device).train()
+        optimizer = make_optimizer(c, model.parameters(), device)
+        window = _window(c, data, device)
+        saved = load_checkpoint(path, c.run_id, device) if path else None
+        state = restore(saved, model, optimizer, window) if saved else RunState()
+        sampler = make_sampler(c.effective_sampling, data.n_train, c.batch_size, device, c.seed,
+                               second=c.alpha != 1 and c.effective_reference != "full")
+        members.append(Member(c, model, optimizer, sampler, state, path))
+    steps = sorted({m.state.step for m in members})
+    if len(steps) > 1:  # lockstep only: one pack per step reached
+        records = {}
+        for step in steps:
+            group = [i for i, m in enumerate(members) if m.state.step == step]
+            for r in train_pack([cfgs[i] for i in group], data, None, progress, [checkpoints[i] for i in group],
+                                checkpoint_every_s, final_evaluation, deadline, on_record):
+                records[r["run_id"]] = r
+        return [records[c.run_id] for c in cfgs]
+    return _loop(members, data, device, progress, checkpoint_every_s, final_evaluation, deadline, on_record,
+                 save_weights, t_start)
+
+
+def _window(cfg: RunConfig, data: datasets.Data, device: torch.device) -> EpochWindow | None:
+    return EpochWindow(cfg.steps_per_epoch(data.n_train), device) if cfg.effective_stop_loss != "full" else None
+
+
+def _loop(members: list[Member], data: datasets.Data, device: torch.device, progress, checkpoint_every_s: float,
+          final_evaluation: bool, deadline: float | None, on_record, save_weights: Path | None,
+          t_start: float) -> list[dict]:
+    cfg, order = members[0].cfg, [m.cfg.run_id for m in members]
+    size = len(members)
+    single = size == 1
+    forward = fastpath.compiled(members[0].model, fastpath.compile_mode(cfg.compile, device, cfg.network)) \
+        if single else None
     precision = fastpath.autocast(cfg.precision, device)
-    optimizer = make_optimizer(cfg, model.parameters(), device)
     full_reference = cfg.effective_reference == "full"
-    sampler = make_sampler(cfg.effective_sampling, data.n_train, cfg.batch_size, device, cfg.seed,
-                           second=cfg.alpha != 1 and not full_reference)
-    window = EpochWindow(cfg.steps_per_epoch(data.n_train), device) if cfg.effective_stop_loss != "full" else None
     check_every = cfg.check_interval(data.n_train)
     keras_adam = cfg.optimizer == "adam" and cfg.effective_adam_update == "keras"
-    state = RunState()
-    saved = load_checkpoint(checkpoint, cfg.run_id, device) if checkpoint else None
-    if saved:
-        state = restore(saved, model, optimizer, window)
     l_star, l_star_star = cfg.target_losses
-    last_save = time.perf_counter()
+    window = None
+    if cfg.effective_stop_loss != "full":  # one window for the pack, its rows the members' saved windows
+        window = EpochWindow(cfg.steps_per_epoch(data.n_train), device, runs=size)
+        for i, m in enumerate(members):
+            if m.state.window is not None:
+                window.load_state_dict(m.state.window, run=i)
+    alphas = torch.tensor([m.cfg.alpha for m in members], device=device)
+    minibatch_sum = torch.tensor([m.state.minibatch_sum for m in members], device=device)  # float32, as summed
+    step, since_check = members[0].state.step, members[0].state.since_check
+    records: dict[str, dict] = {}
+    last_save = t_loop = time.perf_counter()
 
     def save() -> None:
         nonlocal t_start, last_save
-        state.wall_before += time.perf_counter() - t_start
-        t_start = time.perf_counter()
-        state.window = window.state_dict() if window is not None else None
-        state.since_check, state.minibatch_sum = since_check, minibatch_sum.item()
-        save_checkpoint(checkpoint, cfg.run_id, model, optimizer, asdict(state))
-        last_save = time.perf_counter()
+        sums, now = minibatch_sum.tolist(), time.perf_counter()
+        for i, m in enumerate(members):
+            m.state.wall_before += now - t_start  # every member was in the pack for the whole segment
+            m.state.window = window.state_dict(i) if window is not None else None
+            m.state.since_check, m.state.minibatch_sum = since_check, sums[i]
+            if m.checkpoint is not None:
+                save_checkpoint(m.checkpoint, m.cfg.run_id, m.model, m.optimizer, asdict(m.state))
+        t_start = last_save = now
 
-    minibatch_sum = torch.tensor(state.minibatch_sum, device=device)  # float32, as accumulated
-    since_check = state.since_check
-    t_loop = time.perf_counter()
-    while state.step < cfg.max_steps:
+    def finish(m: Member) -> None:
+        if device.type == "cuda":  # the loop's time is the device's work, not the host's enqueueing
+            torch.cuda.synchronize(device)
+        loop_s = time.perf_counter() - t_loop
+        if save_weights:
+            torch.save(m.model.state_dict(), save_weights)
+        test_loss = test_acc = train_loss_full = float("nan")
+        if final_evaluation:
+            with precision:
+                test_loss, test_acc = evaluate(m.model, data.x_test, data.y_test, m.cfg.check_chunk)
+                if window is not None and m.state.status != "diverged":  # L(w) of Eq. (1) beside the reading
+                    train_loss_full = dataset_loss(m.model, data.x_train, data.y_train, m.cfg.check_chunk).value
+        record = make_record(m.cfg, data, m.state, device, test_loss, test_acc,
+                             wall_s=m.state.wall_before + time.perf_counter() - t_start, loop_s=loop_s)
+        record["pack_size"] = size
+        if window is not None:
+            record["train_loss_full"] = finite_or_none(train_loss_full)
+        records[m.cfg.run_id] = record
+        if on_record:
+            on_record(record)
+
+    while members and step < cfg.max_steps:
         if deadline is not None and time.time() >= deadline:
-            if checkpoint:
-                save()
-            raise OutOfTime(cfg.run_id, state.step)
-        idx = sampler.draw(state.step)
-        optimizer.zero_grad(set_to_none=True)
+            save()
+            raise OutOfTime([m.cfg.run_id for m in members], step)
+        idx = [m.sampler.draw(step) for m in members]
+        for m in members:
+            m.optimizer.zero_grad(set_to_none=True)
         with precision:
-            if full_reference:  # Eq. (5): alpha grad L_B + (1 - alpha) grad L, the ideal NE
-                loss_b = objective = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size,
-                                                  1.0)[0]
+            if full_reference:  # Eq. (5): alpha grad L_B + (1 - alpha) grad L, the ideal NE (a pack of one)
+                loss_b = objective = ne_objective(forward, data.x_train[idx[0]], data.y_train[idx[0]],
+                                                  cfg.batch_size, 1.0)[0]
                 (cfg.alpha * loss_b).backward()
                 accumulate_full_gradient(forward, data.x_train, data.y_train, 1 - cfg.alpha, cfg.check_chunk)
-            else:  # Eq. (6)
-                objective, loss_b, _ = ne_objective(forward, data.x_train[idx], data.y_train[idx], cfg.batch_size,
-                                                    cfg.alpha)
+            elif single:  # Eq. (6)
+                objective, loss_b, _ = ne_objective(forward, data.x_train[idx[0]], data.y_train[idx[0]],
+                                                    cfg.batch_size, cfg.alpha)
                 objective.backward()
-        if keras_adam:
-            keras_adam_eps(optimizer, cfg.adam_eps, state.step + 1)
-        optimizer.step()
+            else:  # Eq. (6) for every run of the pack
+                both = torch.stack(idx)
+                objective, loss_b = pack_objective([m.model for m in members], data.x_train[both],
+                                                   data.y_train[both], cfg.batch_size, alphas)
+                objective.sum().backward()
+        for m in members:
+            if keras_adam:
+                keras_adam_eps(m.optimizer, m.cfg.adam_eps, step + 1)
+            m.optimizer.step()
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
         if window is not None:
             window.add(loss_b.detach(), objective.detach())
-        state.step, since_check = state.step + 1, since_check + 1
-        if state.step % check_every and not (final_evaluation and state.step == cfg.max_steps):
+        step, since_check = step + 1, since_check + 1
+        for m in members:
+            m.state.step = step
+        if step % check_every and not (final_evaluation and step == cfg.max_steps):
             continue
 
-        minibatch_loss = minibatch_sum.item() / since_check  # the one host sync per check_every steps
+        minibatch_losses = [s / since_check for s in minibatch_sum.tolist()]  # the one host sync per check
         t_check = time.perf_counter()  # after the sync: the queued steps are not the check's cost
         minibatch_sum.zero_()
         since_check = 0
         with precision:
-            loss, exact = check_training_loss(cfg, state, model, data, minibatch_loss, window, final_evaluation)
-        action = next_action(loss, state.halved_at is not None, l_star, l_star_star) if loss is not None \
-            else Action.CONTINUE
-        if action is Action.HALVE:
-            state.halved_at = state.step
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.learning_rate / 2
-        row = (state.step, finite_or_none(loss), exact, finite_or_none(minibatch_loss), optimizer.param_groups[0]["lr"])
-        for key, value in zip(CURVE, row):
-            state.curve[key].append(value)
-        state.check_s += time.perf_counter() - t_check
-        if progress:
-            progress(state.step, loss_text(loss, exact, minibatch_loss))
-        if action is Action.STOP:
-            state.status = "converged"
-            break
-        if action is Action.DIVERGE:
-            state.status = "diverged"
-            break
-        if checkpoint and time.perf_counter() - last_save >= checkpoint_every_s and state.step < cfg.max_steps:
+            found = check_losses(members, data, minibatch_losses, window, final_evaluation)
+        check_s = time.perf_counter() - t_check
+        ended = []
+        for i, (m, (loss, exact), minibatch_loss) in enumerate(zip(members, found, minibatch_losses)):
+            state = m.state
+            action = next_action(loss, state.halved_at is not None, l_star, l_star_star) if loss is not None \
+                else Action.CONTINUE
+            if action is Action.HALVE:
+                state.halved_at = step
+                for group in m.optimizer.param_groups:
+                    group["lr"] = m.cfg.learning_rate / 2
+            row = (step, finite_or_none(loss), exact, finite_or_none(minibatch_loss), m.optimizer.param_groups[0]["lr"])
+            for key, value in zip(CURVE, row):
+                state.curve[key].append(value)
+            state.check_s += check_s
+            if progress:
+                progress(m.cfg.run_id, step, loss_text(loss, exact, minibatch_loss))
+            if action in (Action.STOP, Action.DIVERGE):
+                state.status = "converged" if action is Action.STOP else "diverged"
+                ended.append(i)
+        if ended:  # a run that ended leaves the pack: the rest go on without its cost
+            for i in ended:
+                finish(members[i])
+            keep = [i for i in range(len(members)) if i not in ended]
+            members = [members[i] for i in keep]
+            alphas, minibatch_sum = alphas[keep], minibatch_sum[keep]
+            if window is not None:
+                window.keep(keep)
+        if members and checkpoint_every_s is not None and time.perf_counter() - last_save >= checkpoint_every_s \
+                and step < cfg.max_steps:
             save()
 
-    if device.type == "cuda":  # the loop's time is the device's work, not the host's enqueueing
-        torch.cuda.synchronize(device)
-    loop_s = time.perf_counter() - t_loop
-    if save_weights:
-        torch.save(model.state_dict(), save_weights)
-    test_loss = test_acc = train_loss_full = float("nan")
-    if final_evaluation:
-        with precision:
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.check_chunk)
-            if window is not None and state.status != "diverged":  # L(w) of Eq. (1) beside the reading used
-                train_loss_full = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk).value
-    record = make_record(cfg, data, state, device, test_loss, test_acc,
-                         wall_s=state.wall_before + time.perf_counter() - t_start, loop_s=loop_s)
-    if window is not None:
-        record["train_loss_full"] = finite_or_none(train_loss_full)
-    return record
+    for m in members:  # max_steps reached: not converged
+        finish(m)
+    return [records[run_id] for run_id in order]
+
+
+def check_losses(members: list[Member], data: datasets.Data, minibatch_losses: list[float],
+                 window: EpochWindow | None, exact_at_end: bool) -> list[tuple[float | None, bool]]:
+    """`check_training_loss` for every run of a pack, the full passes of several runs shared (pack.py)."""
+    if len(members) == 1:
+        return [check_training_loss(members[0].cfg, members[0].state, members[0].model, data, minibatch_losses[0],
+                                    window, exact_at_end)]
+    found, passes, targets = [], [], []
+    readings = window.means(ne=members[0].cfg.effective_stop_loss == "ne_epoch_mean") if window is not None else None
+    for i, (m, minibatch_loss) in enumerate(zip(members, minibatch_losses)):
+        plan = _check_plan(m.cfg, m.state, data, minibatch_loss, window is not None, exact_at_end)
+        if plan == "nan":
+            found.append((float("nan"), True))
+        elif plan == "window":
+            found.append((readings[i], True))
+        elif plan == "gated":
+            found.append((None, False))
+        else:
+            found.append(None)
+            passes.append(i)
+            targets.append(plan)
+    if passes:
+        checks = pack_dataset_loss([members[i].model for i in passes], data.x_train, data.y_train,
+                                   members[0].cfg.check_chunk, targets)
+        for i, (loss, exact, evaluated) in zip(passes, checks):
+            members[i].state.check_samples += evaluated
+            found[i] = (loss, exact)
+    return found
+
+
+def _check_plan(cfg: RunConfig, state: RunState, data: datasets.Data, minibatch_loss: float, windowed: bool,
+                exact_at_end: bool):
+    """What one run's check needs (README, 'Loss checks'): "nan" (the weights are gone), "window" (an epoch
+    reading), "gated" (no pass), or a full pass, returned as its early-exit target (None: no early exit)."""
+    if not math.isfinite(minibatch_loss):
+        return "nan"
+    if windowed:
+        return "window"
+    l_star, l_star_star = cfg.target_losses
+    target = l_star_star if state.halved_at is not None else l_star
+    final = exact_at_end and state.step == cfg.max_steps
+    allowance = cfg.check_budget * 3 * state.step * cfg.samples_per_step(data.n_train)  # backward ~ 2 forwards
+    # the budget charges every check a whole pass, so early exit and chunking never change which checks run
+    spent = state.check_passes * data.n_train
+    if not (final or full_check_due(minibatch_loss, target, cfg.check_gate, spent, allowance)):
+        return "gated"
+    state.check_passes += 1
+    return target if cfg.check_early_exit and not final else None
 
 
 def restore(saved: dict, model, optimizer, window: EpochWindow | None) -> RunState:
@@ -254,21 +394,14 @@ def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module,
     README, 'Loss checks': the cheap running estimate gates the full pass; the pass stops early once its
     partial sum proves L is above the next target; the last step always gets an exact value.
     """
-    if not math.isfinite(minibatch_loss):  # the weights are gone
+    plan = _check_plan(cfg, state, data, minibatch_loss, window is not None, exact_at_end)
+    if plan == "nan":  # the weights are gone
         return float("nan"), True
-    if window is not None:
+    if plan == "window":
         return window.mean(ne=cfg.effective_stop_loss == "ne_epoch_mean"), True
-    l_star, l_star_star = cfg.target_losses
-    target = l_star_star if state.halved_at is not None else l_star
-    final = exact_at_end and state.step == cfg.max_steps
-    allowance = cfg.check_budget * 3 * state.step * cfg.samples_per_step(data.n_train)  # backward ~ 2 forwards
-    # the budget charges every check a whole pass, so early exit and chunking never change which checks run
-    spent = state.check_passes * data.n_train
-    if not (final or full_check_due(minibatch_loss, target, cfg.check_gate, spent, allowance)):
+    if plan == "gated":
         return None, False
-    state.check_passes += 1
-    stop_at = target if cfg.check_early_exit and not final else None
-    loss, exact, evaluated = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk, stop_at)
+    loss, exact, evaluated = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk, plan)
     state.check_samples += evaluated
     return loss, exact
 

@@ -74,6 +74,7 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
 
 
 def test_sweep_survives_repeated_sigkill(tmp_path, fake_fmnist_root):
+    """The runs train in packs of two (the default packs seeds together), with checkpoints every second."""
     config = write_config(tmp_path / "grid.toml", GRID)
     results = tmp_path / "results"
     rng = random.Random(0)
@@ -253,9 +254,9 @@ def test_ray_gpu_tasks_get_a_fresh_process_and_the_memory_they_need():
     assert ray_remote_options(0.25) == {"max_calls": 1} and ray_remote_options(0) == {"max_calls": 0}
     gib = 2 ** 30
     big, small = RunConfig(network="C1", alpha=1.5, batch_size=5000), RunConfig(network="F1", alpha=1.0, batch_size=100)
-    assert 0.5 < ray_gpu_share(big, 0.25, 80 * gib) <= 1.0  # about 45 of the GPU's 76 usable GiB
-    assert ray_gpu_share(small, 0.25, 80 * gib) == 0.25
-    assert ray_gpu_share(small, 2.0, 80 * gib) == 2.0  # more than one GPU per run stays as asked
+    assert 0.5 < ray_gpu_share([big], 0.25, 80 * gib) <= 1.0  # about 45 of the GPU's 76 usable GiB
+    assert ray_gpu_share([small], 0.25, 80 * gib) == 0.25
+    assert ray_gpu_share([small], 2.0, 80 * gib) == 2.0  # more than one GPU per run stays as asked
 
 
 def test_memory_gate_admits_runs_while_their_memory_fits():
@@ -331,8 +332,8 @@ def test_sweep_time_limit_exits_cleanly_and_a_rerun_continues(tmp_path, fake_fmn
     config = write_config(tmp_path / "grid.toml", LONG_GRID)
     results = tmp_path / "results"
     start = time.time()
-    out = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, "--time-limit", "8s"), capture_output=True,
-                         text=True)
+    out = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, "--time-limit", "8s", "--pack", "off"),
+                         capture_output=True, text=True)
     elapsed = time.time() - start
     assert out.returncode == 0, out.stdout + out.stderr
     assert elapsed < 8 + 6, elapsed  # the limit, plus starting Python and torch before the sweep's clock
@@ -343,7 +344,8 @@ def test_sweep_time_limit_exits_cleanly_and_a_rerun_continues(tmp_path, fake_fmn
     assert len(recorded) < 8 and paused and not recorded & paused
     assert f"({len(paused)} paused in checkpoints" in summary
     assert all(read_record(results / "runs" / f"{r}.json")["status"] == "not_converged" for r in recorded)
-    again = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    again = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, "--pack", "off"), capture_output=True,
+                           text=True)
     assert again.returncode == 0, again.stdout + again.stderr
     records = {p.stem: read_record(p) for p in (results / "runs").glob("*.json")}
     assert len(records) == 8 and not list((results / "checkpoints").glob("*.pt"))

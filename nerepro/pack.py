@@ -1,0 +1,114 @@
+"""Packed training: several F1 runs computed together, their weights stacked layer by layer (README, 'Packs').
+
+F1's steps are a few small matmuls, so one run leaves a GPU waiting on kernel launches and Python. A pack
+of R runs of the same network, B and settings (differing in seed and alpha) does each step as R batched
+matmuls (`torch.baddbmm` over the runs' stacked weights) on each run's own minibatch, and each loss check
+as one pass over the training set for all the runs that need it. Each run keeps its own model, optimizer,
+sampler, schedule and record (train.py); only the arithmetic is batched, so a run's record does not
+depend on its pack beyond rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .models import MLP
+from .schedule import LossCheck
+
+
+def packable(cfg: RunConfig) -> bool:
+    """Runs that can share a pack: F1 (an MLP) with a minibatch reference (Eq. 6)."""
+    return cfg.network == "F1" and cfg.effective_reference == "minibatch"
+
+
+def pack_key(cfg: RunConfig) -> RunConfig:
+    """Runs with equal keys can be trained as one pack: every setting the same but the seed and alpha (and
+    alpha = 1 apart, whose steps read B samples, not 2B)."""
+    return cfg.replace(seed=0, alpha=1.0 if cfg.alpha == 1 else 2.0)
+
+
+def check_pack(cfgs: list[RunConfig]) -> None:
+    if len(cfgs) > 1 and not (all(packable(c) for c in cfgs) and len({pack_key(c) for c in cfgs}) == 1):
+        raise ValueError("a pack holds F1 runs that differ only in seed and alpha (alpha = 1 and alpha != 1 "
+                         "apart): " + ", ".join(c.run_id for c in cfgs))
+
+
+def _layers(model: MLP) -> list[nn.Linear]:
+    return [m for m in model.hidden if isinstance(m, nn.Linear)] + [model.output]
+
+
+def pack_logits(models: list[MLP], x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+    """Logits (R, n, classes) of R MLPs: on their own inputs x (R, n, ...), or with `shared` on the same x
+    (n, ...). Hidden layers follow the autocast dtype; the output layer runs in fp32, as `fp32_output` does."""
+    layers = [_layers(m) for m in models]
+    h = x.reshape(x.shape[0], -1) if shared else x.reshape(x.shape[0], x.shape[1], -1)
+    for depth in range(len(layers[0])):
+        weight = torch.stack([ls[depth].weight for ls in layers])
+        bias = torch.stack([ls[depth].bias for ls in layers]).unsqueeze(1)
+        last = depth == len(layers[0]) - 1
+        with torch.autocast(x.device.type, enabled=False) if last else contextlib.nullcontext():
+            if last:
+                h, weight, bias = h.float(), weight.float(), bias.float()
+            # a shared first input: one broadcast matmul against every run's weights
+            h = torch.matmul(h, weight.transpose(1, 2)) + bias if h.dim() == 2 else \
+                torch.baddbmm(bias, h, weight.transpose(1, 2))
+        if not last:
+            h = torch.relu(h)
+    return h
+
+
+def pack_objective(models: list[MLP], x: torch.Tensor, y: torch.Tensor, n_first: int,
+                   alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (6) for each run of a pack: x (R, n, ...), y (R, n) hold each run's [B; B'] (B the first
+    `n_first` samples); returns (objectives, L_B), each (R,). The sum of the objectives has each run's
+    alpha grad L_B + (1 - alpha) grad L_B' as its gradient, since the runs share no weights."""
+    logits = pack_logits(models, x)
+    per_sample = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
+    loss_b = per_sample[:, :n_first].mean(1)
+    if y.shape[1] == n_first:  # alpha = 1: B only
+        return loss_b, loss_b
+    return alphas * loss_b + (1 - alphas) * per_sample[:, n_first:].mean(1), loss_b
+
+
+@torch.inference_mode()
+def pack_dataset_loss(models: list[MLP], x: torch.Tensor, y: torch.Tensor, chunk: int,
+                      stop_at: list[float | None]) -> list[LossCheck]:
+    """`schedule.dataset_loss` for several runs in one pass over (x, y): each chunk is forwarded once for all
+    runs still undecided; a run with a `stop_at` leaves the pass as soon as its partial sum proves L >= stop_at
+    (a lower bound, exact=False), exactly as it would alone."""
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        n, active = len(x), list(range(len(models)))
+        totals = torch.zeros(len(models), dtype=torch.float64, device=x.device)
+        found: dict[int, LossCheck] = {}
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            logits = pack_logits([models[i] for i in active], x[start:end], shared=True)
+            losses = F.cross_entropy(logits.flatten(0, 1).float(), y[start:end].repeat(len(active)),
+                                     reduction="none").view(len(active), -1).sum(1).double()
+            totals[active] += losses
+            if end < n and any(stop_at[i] is not None for i in active):
+                partial = (totals / n).tolist()
+                for i in list(active):
+                    if not math.isfinite(partial[i]):
+                        found[i] = LossCheck(partial[i], True, end)
+                    elif stop_at[i] is not None and partial[i] >= stop_at[i]:
+                        found[i] = LossCheck(partial[i], False, end)
+                    else:
+                        continue
+                    active.remove(i)
+                if not active:
+                    break
+        final = (totals / n).tolist()
+        return [found.get(i, LossCheck(final[i], True, n)) for i in range(len(models))]
+    finally:
+        for m, training in zip(models, was):
+            m.train(training)

@@ -1,0 +1,169 @@
+"""Packed training: runs trained together give the records they give alone, up to rounding."""
+
+import pytest
+import torch
+
+from conftest import synthetic_data, train_killed_at
+from nerepro import RunConfig, train
+from nerepro.pack import check_pack, pack_dataset_loss, pack_logits
+from nerepro.models import build_model
+from nerepro.schedule import dataset_loss
+from nerepro.train import train_pack
+
+DECISIONS = ("status", "steps", "convergence_steps", "lr_halved_step")
+
+
+def cfg(alpha, seed, **kw):
+    base = dict(network="F1", alpha=alpha, batch_size=20, seed=seed, check_every=10, check_chunk=60,
+                max_steps=600, device="cpu")
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_data(n_train=200)
+
+
+def assert_same_run(packed, alone, rel=2e-2):
+    assert {k: packed[k] for k in DECISIONS} == {k: alone[k] for k in DECISIONS}
+    assert packed["curve"]["step"] == alone["curve"]["step"]
+    assert packed["curve"]["exact"] == alone["curve"]["exact"]  # the same checks ran, gated and exact alike
+    for a, b in zip(alone["curve"]["minibatch_loss"], packed["curve"]["minibatch_loss"]):
+        assert b == pytest.approx(a, rel=rel)
+    assert packed["test_acc"] == pytest.approx(alone["test_acc"], abs=1.0)
+
+
+def test_pack_logits_and_losses_are_each_models_own(data):
+    models = [build_model("F1", seed=s) for s in range(3)]
+    x = data.x_train[:50]
+    shared = pack_logits(models, x, shared=True)
+    stacked = pack_logits(models, x.unsqueeze(0).expand(3, *x.shape))
+    for i, m in enumerate(models):
+        torch.testing.assert_close(shared[i], m(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stacked[i], m(x), rtol=1e-5, atol=1e-5)
+    checks = pack_dataset_loss(models, data.x_train, data.y_train, 60, [None, 0.0, 1e9])
+    for m, check, stop in zip(models, checks, [None, 0.0, 1e9]):
+        alone = dataset_loss(m, data.x_train, data.y_train, 60, stop)
+        assert (check.exact, check.evaluated) == (alone.exact, alone.evaluated)
+        assert check.value == pytest.approx(alone.value, rel=1e-5)
+
+
+def test_a_pack_of_seeds_and_alphas_trains_each_run_as_alone(data):
+    """Short runs (60-110 steps here) take the same decisions packed and alone. Longer ones drift apart: the
+    batched matmuls round differently and Adam's early steps amplify rounding, as another thread count
+    does (README, 'Packs', measures how often a decision moves)."""
+    runs = [cfg(1.5, 0), cfg(1.5, 1), cfg(2.0, 0)]
+    packed = train_pack(runs, data=data)
+    assert len({r["steps"] for r in packed}) == 3  # they stop at different steps, each at its own
+    for run, record in zip(runs, packed):
+        assert record["run_id"] == run.run_id and record["pack_size"] == 3
+        assert_same_run(record, train(run, data=data))
+
+
+def test_a_pack_at_alpha_one_with_epoch_readings(data):
+    runs = [cfg(1.0, s, stop_loss="epoch_mean", sampling="epoch") for s in range(3)]
+    for run, record in zip(runs, train_pack(runs, data=data)):
+        alone = train(run, data=data)
+        assert_same_run(record, alone)
+        assert record["train_loss_full"] == pytest.approx(alone["train_loss_full"], rel=2e-2)
+
+
+def test_a_diverging_run_leaves_the_pack_and_the_others_go_on(data):
+    runs = [cfg(a, s, optimizer="sgd", lr=0.02, max_steps=100) for a, s in ((1.5, 0), (1e4, 1), (2.0, 0))]
+    seen = []
+    packed = train_pack(runs, data=data, on_record=lambda r: seen.append(r["run_id"]))
+    assert packed[1]["status"] == "diverged" and packed[1]["steps"] < 100  # SGD at 1e4 x the gradient
+    assert seen[0] == runs[1].run_id  # written as soon as it ended, before the others
+    for i in (0, 2):
+        assert packed[i]["status"] != "diverged"
+        assert_same_run(packed[i], train(runs[i], data=data))
+
+
+def test_a_pack_resumes_from_its_members_checkpoints(data, tmp_path):
+    runs = [cfg(1.5, s, max_steps=90) for s in (0, 1)]
+    paths = [tmp_path / f"{r.run_id}.pt" for r in runs]
+    uninterrupted = train_pack(runs, data=data)
+
+    class Killed(Exception):
+        pass
+
+    def crash(run_id, step, text):
+        if step == 60:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_pack(runs, data=data, checkpoints=paths, checkpoint_every_s=0, progress=crash)
+    resumed = train_pack(runs, data=data, checkpoints=paths)
+    for a, b in zip(uninterrupted, resumed):
+        assert b["resumes"] == 1
+        assert {k: v for k, v in a.items() if k not in ("wall_s", "loop_s", "check_s", "provenance", "resumes")} \
+            == {k: v for k, v in b.items() if k not in ("wall_s", "loop_s", "check_s", "provenance", "resumes")}
+    # a member's checkpoint is a single run's: it continues alone too
+    train_killed_at(runs[0], data, tmp_path / "alone.pt", step=60)
+    assert train(runs[0], data=data, checkpoint=tmp_path / "alone.pt")["resumes"] == 1
+
+
+def test_only_runs_that_differ_in_seed_and_alpha_share_a_pack():
+    check_pack([cfg(1.5, 0), cfg(3.0, 4)])
+    for other in (cfg(1.0, 1), cfg(1.5, 1, batch_size=40), cfg(1.5, 1, network="C1", batch_size=100, check_chunk=100),
+                  cfg(1.5, 1, stop_loss="epoch_mean"), cfg(1.5, 1, reference="full")):
+        with pytest.raises(ValueError, match="a pack holds F1 runs"):
+            check_pack([cfg(1.5, 0), other])
+
+
+def test_a_sweep_forms_packs_by_priority_and_settings():
+    from nerepro.sweep import form_packs
+
+    f1 = [cfg(a, s) for a in (1.0, 1.5, 2.0) for s in range(3)]
+    c1 = [cfg(1.5, s, network="C1", batch_size=100, check_chunk=100) for s in range(2)]
+    priority = {c.run_id: (0 if c.seed == 0 else 1) for c in f1 + c1}
+    ordered = sorted(f1 + c1, key=lambda c: priority[c.run_id])  # as the sweep orders them
+    packs = form_packs(ordered, max_pack=4, priority=priority)
+    assert [[(c.alpha, c.seed) for c in p] for p in packs if p[0].network == "F1"] == [
+        [(1.0, 0)], [(1.5, 0), (2.0, 0)], [(1.0, 1), (1.0, 2)], [(1.5, 1), (1.5, 2), (2.0, 1), (2.0, 2)]]
+    assert [len(p) for p in packs if p[0].network == "C1"] == [1, 1]  # CNNs train alone
+    assert all(len(p) == 1 for p in form_packs(f1, max_pack=1))  # --pack off
+
+
+def test_tf32_is_a_precision_of_its_own_and_only_it_turns_tf32_matmuls_on():
+    from nerepro.fastpath import configure_backends
+
+    assert cfg(1.5, 0, precision="tf32").run_id != cfg(1.5, 0).run_id
+    previous = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32)
+    try:
+        configure_backends(torch.device("cuda"), "tf32")  # flags only: no GPU needed to set them
+        assert torch.backends.cuda.matmul.allow_tf32
+        configure_backends(torch.device("cuda"), "fp32")
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.allow_tf32) = previous
+
+
+def test_dry_run_prints_packs_and_wall_times(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import REPO
+    from nerepro.cli import app
+
+    out = CliRunner().invoke(app, ["sweep", str(REPO / "configs" / "paper.toml"), "--network", "F1", "--results",
+                                   str(tmp_path / "r"), "--dry-run", "--tflops", "fp32=40,tf32=250"])
+    assert out.exit_code == 0, out.output
+    last = out.output.strip().splitlines()[-1]
+    assert last.startswith("F1: 360 runs in 36 packs of up to 10") and "training FLOP" in last
+    flop = float(last.split(" steps, ")[1].split(" training FLOP")[0])
+    assert f"at fp32 40 TFLOP/s: {flop / 40e12 / 60:.0f} min" in last and "at tf32 250 TFLOP/s" in last
+    bad = CliRunner().invoke(app, ["sweep", str(REPO / "configs" / "paper.toml"), "--results", str(tmp_path / "r"),
+                                   "--dry-run", "--tflops", "fast"])
+    assert bad.exit_code == 2 and "--tflops takes name=TFLOP/s pairs" in bad.output
+
+
+def test_bench_pack_times_both_ways(tmp_path):
+    from nerepro.bench import bench_pack
+
+    r = bench_pack("F1", batch_size=20, alpha=1.5, steps=4, runs=3, device="cpu", check_every=2, warmup=1,
+                   data_dir=str(tmp_path))
+    assert r["runs"] == 3 and r["data"] == "random"
+    for way in ("single", "pack"):
+        assert r[way]["run_steps_per_s"] == pytest.approx(3 * 4 / r[way]["seconds"])
+    assert r["speedup"] == pytest.approx(r["pack"]["run_steps_per_s"] / r["single"]["run_steps_per_s"])
