@@ -159,8 +159,8 @@ def sweep(
     checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints of a running "
                                                          "run.")] = 300.0,
     pack: Annotated[str, typer.Option(
-        help="auto: train F1 runs that differ only in seed and alpha together, up to --max-pack per program; "
-             "off: one run at a time.")] = "auto",
+        help="on: train F1 runs that differ only in seed and alpha together, up to --max-pack per program; "
+             "auto: on where the runs go to GPUs; off: one run per program.")] = "auto",
     max_pack: Annotated[int, typer.Option(help="The most runs in one pack.")] = 10,
     tflops: Annotated[Optional[str], typer.Option(
         help="With --dry-run: training throughputs to turn the estimated FLOP into wall time, as "
@@ -187,8 +187,8 @@ def sweep(
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
     if workers_per_device is not None and workers_per_device < 1:
         raise ConfigError("--workers-per-device must be at least 1")
-    if pack not in ("auto", "off") or max_pack < 1:
-        raise ConfigError(f"--pack takes auto or off and --max-pack a positive number, got {pack!r}, {max_pack}")
+    if pack not in ("auto", "on", "off") or max_pack < 1:
+        raise ConfigError(f"--pack takes auto, on or off and --max-pack a positive number, got {pack!r}, {max_pack}")
     started = time.time()
     limit = parse_duration(time_limit) if time_limit is not None else None
     plan = load_plan(configs, seeds)
@@ -206,7 +206,7 @@ def sweep(
         samples = sum(estimated_samples(c) for c in todo)
         typer.echo(f"{_todo_line(todo, runs)}; "
                    f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B) and the subset)")
-        for line in dry_run_costs(todo, max_pack if pack == "auto" else 1, priority, parse_rates(tflops)):
+        for line in dry_run_costs(todo, max_pack if pack != "off" else 1, priority, parse_rates(tflops)):
             typer.echo(line)
         return
     from .record import check_writable
@@ -221,8 +221,7 @@ def sweep(
     # stop early enough to checkpoint, shut the workers down and summarise inside the limit
     deadline = started + limit - min(30.0, max(3.0, 0.05 * limit)) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
-                   on_event=display, deadline=deadline, max_pack=max_pack if pack == "auto" else 1,
-                   priority=priority)
+                   on_event=display, deadline=deadline, pack=pack, max_pack=max_pack, priority=priority)
     if executor == "ray":
         options.update(address=address, gpus_per_run=gpus_per_run)
     else:

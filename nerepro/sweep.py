@@ -462,12 +462,30 @@ def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_pe
                 write(cfg, records.get(cfg.run_id))
 
 
-def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", max_pack: int = 1,
-              priority: dict | None = None, **options) -> list[dict]:
-    """Run every run of `runs` not yet recorded under `root`, in packs of up to `max_pack` where runs can share
-    one (form_packs); returns the records written now."""
+def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", pack: str = "off",
+              max_pack: int = 10, priority: dict | None = None, **options) -> list[dict]:
+    """Run every run of `runs` not yet recorded under `root`; returns the records written now. With `pack`
+    "on", runs that can share a pack (form_packs) train in packs of up to `max_pack`; "auto" does so where
+    the runs go to GPUs (on a CPU a pack ran slower than its runs one after another: README, 'Packs')."""
     results = ResultsDir(root)
-    units = form_packs(runs, max_pack, priority)
+    if pack == "auto":
+        on_gpus = _ray_has_gpus(options.get("address")) if executor == "ray" else \
+            slots(options.get("device", "auto"))[0].startswith("cuda")
+        pack = "on" if on_gpus else "off"
+    units = form_packs(runs, max_pack if pack == "on" else 1, priority)
     if executor == "ray":
         return run_ray(units, results, **options)
     return run_local(units, results, **options)
+
+
+def _ray_has_gpus(address: str | None) -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False  # run_ray says how to install it
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError):
+            return False  # run_ray says what went wrong
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -178,6 +178,8 @@ elif [ "$DEVICE" = cpu ]; then
   bench f1-b1000 --network F1 --batch-size 1000 --alpha 1.5 --steps 5 --warmup 1
   bench c1-b100 --network C1 --batch-size 100 --alpha 1 --steps 1 --warmup 0 --precision bf16
 else
+  bench f1-b100-pack10 --network F1 --batch-size 100 --alpha 1.5 --steps 300 --warmup 20 --pack 10
+  bench f1-b2000-pack10 --network F1 --batch-size 2000 --alpha 1.5 --steps 100 --warmup 10 --pack 10
   bench f1-b100 --network F1 --batch-size 100 --alpha 1 --steps 500 --warmup 50
   bench f1-b2000 --network F1 --batch-size 2000 --alpha 1.5 --steps 200 --warmup 20
   bench f1-b100-compiled --network F1 --batch-size 100 --alpha 1 --steps 500 --warmup 50 --compile default

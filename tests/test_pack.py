@@ -167,3 +167,16 @@ def test_bench_pack_times_both_ways(tmp_path):
     for way in ("single", "pack"):
         assert r[way]["run_steps_per_s"] == pytest.approx(3 * 4 / r[way]["seconds"])
     assert r["speedup"] == pytest.approx(r["pack"]["run_steps_per_s"] / r["single"]["run_steps_per_s"])
+
+
+@pytest.mark.parametrize("pack,size", [("auto", 1), ("on", 2), ("off", 1)])
+def test_sweeps_pack_on_request_and_by_default_only_on_gpus(fake_fmnist_root, tmp_path, pack, size):
+    """On a CPU a pack ran slower than its runs one after another (results/performance.md), so `auto` packs
+    only where the runs go to GPUs."""
+    from nerepro.sweep import run_sweep
+
+    runs = [cfg(1.5, s, max_steps=20, check_chunk=50) for s in (0, 1)]
+    records = run_sweep(runs, tmp_path / "r", pack=pack, device="cpu", workers_per_device=1,
+                        data_dir=str(fake_fmnist_root))
+    assert sorted(r["run_id"] for r in records) == sorted(c.run_id for c in runs)
+    assert {r["pack_size"] for r in records} == {size}

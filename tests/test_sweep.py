@@ -74,13 +74,14 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
 
 
 def test_sweep_survives_repeated_sigkill(tmp_path, fake_fmnist_root):
-    """The runs train in packs of two (the default packs seeds together), with checkpoints every second."""
+    """The runs train in packs of two (--pack on: seeds together), with checkpoints every second."""
     config = write_config(tmp_path / "grid.toml", GRID)
     results = tmp_path / "results"
     rng = random.Random(0)
     worker_pids = set()
     for _ in range(4):  # two worker processes: the driver and its pool are killed at random moments
-        proc = subprocess.Popen(sweep_cmd(config, results, fake_fmnist_root, "--workers-per-device", "2"),
+        proc = subprocess.Popen(sweep_cmd(config, results, fake_fmnist_root, "--workers-per-device", "2", "--pack",
+                                          "on"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(3, 8))
         proc.send_signal(signal.SIGKILL)
@@ -92,7 +93,8 @@ def test_sweep_survives_repeated_sigkill(tmp_path, fake_fmnist_root):
     for pid in worker_pids:  # workers die with their sweep (PR_SET_PDEATHSIG)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    final = subprocess.run(sweep_cmd(config, results, fake_fmnist_root), capture_output=True, text=True)
+    final = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, "--pack", "on"), capture_output=True,
+                           text=True)
     assert final.returncode == 0, final.stdout + final.stderr
     records = [read_record(p) for p in sorted((results / "runs").glob("*.json"))]
     assert len(records) == 8 and all(r["status"] != "error" for r in records)
