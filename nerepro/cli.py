@@ -181,7 +181,7 @@ def sweep(
     from .grid import load_plan, parse_shard
     from .grid import shard as take_shard
     from .results import ResultsDir
-    from .sweep import pending_runs, run_sweep, summarize
+    from .sweep import pending_runs, resolve_pack, run_sweep, summarize
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
@@ -206,6 +206,8 @@ def sweep(
         samples = sum(estimated_samples(c) for c in todo)
         typer.echo(f"{_todo_line(todo, runs)}; "
                    f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B) and the subset)")
+        if executor == "local":  # a Ray cluster is not started for a dry run: auto is shown as packing
+            pack = resolve_pack(pack, options={"device": device})
         for line in dry_run_costs(todo, max_pack if pack != "off" else 1, priority, parse_rates(tflops)):
             typer.echo(line)
         return
@@ -288,7 +290,8 @@ def dry_run_costs(todo: list, max_pack: int, priority: dict, rates: dict[str, fl
         packs = form_packs(runs, max_pack, priority)
         flop = sum(estimated_samples(c) for c in runs) * training_flops_per_sample(network)
         times = "".join(f"; at {name} {rate:g} TFLOP/s: {flop / rate / 1e12 / 60:.0f} min" for name, rate in rates.items())
-        lines.append(f"{network}: {len(runs)} runs in {len(packs)} packs of up to {max_pack}, "
+        units = f"in {len(packs)} packs of up to {max_pack}" if max_pack > 1 else "one per program"
+        lines.append(f"{network}: {len(runs)} runs {units}, "
                      f"{sum(estimated_steps(c) for c in runs):.3g} steps, {flop:.3g} training FLOP{times}")
     return lines
 

@@ -34,7 +34,7 @@ class Results:
         if "provenance_git_commit" not in self.runs:
             return None
         runs = self.runs.drop_duplicates("run_id")
-        commits = runs["provenance_git_commit"].fillna("unknown").astype(str).str[:7]
+        commits = runs["provenance_git_commit"].astype(object).fillna("unknown").astype(str).str[:7]
         dirty = runs.get("provenance_git_dirty", pd.Series(False, index=runs.index)).astype(str) == "True"
         if commits.nunique() == 1 and not dirty.any():
             return None

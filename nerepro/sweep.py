@@ -468,14 +468,20 @@ def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", 
     "on", runs that can share a pack (form_packs) train in packs of up to `max_pack`; "auto" does so where
     the runs go to GPUs (on a CPU a pack ran slower than its runs one after another: README, 'Packs')."""
     results = ResultsDir(root)
-    if pack == "auto":
-        on_gpus = _ray_has_gpus(options.get("address")) if executor == "ray" else \
-            slots(options.get("device", "auto"))[0].startswith("cuda")
-        pack = "on" if on_gpus else "off"
-    units = form_packs(runs, max_pack if pack == "on" else 1, priority)
+    units = form_packs(runs, max_pack if resolve_pack(pack, executor, options) == "on" else 1, priority)
     if executor == "ray":
         return run_ray(units, results, **options)
     return run_local(units, results, **options)
+
+
+def resolve_pack(pack: str, executor: str = "local", options: dict | None = None) -> str:
+    """"auto" -> "on" where the runs go to GPUs (a Ray cluster with GPUs, or a local cuda device), else "off"."""
+    if pack != "auto":
+        return pack
+    options = options or {}
+    on_gpus = _ray_has_gpus(options.get("address")) if executor == "ray" else \
+        slots(options.get("device", "auto"))[0].startswith("cuda")
+    return "on" if on_gpus else "off"
 
 
 def _ray_has_gpus(address: str | None) -> bool:

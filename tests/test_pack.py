@@ -147,7 +147,7 @@ def test_dry_run_prints_packs_and_wall_times(tmp_path):
     from nerepro.cli import app
 
     out = CliRunner().invoke(app, ["sweep", str(REPO / "configs" / "paper.toml"), "--network", "F1", "--results",
-                                   str(tmp_path / "r"), "--dry-run", "--tflops", "fp32=40,tf32=250"])
+                                   str(tmp_path / "r"), "--dry-run", "--pack", "on", "--tflops", "fp32=40,tf32=250"])
     assert out.exit_code == 0, out.output
     last = out.output.strip().splitlines()[-1]
     assert last.startswith("F1: 360 runs in 36 packs of up to 10") and "training FLOP" in last
