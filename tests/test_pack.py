@@ -180,3 +180,28 @@ def test_sweeps_pack_on_request_and_by_default_only_on_gpus(fake_fmnist_root, tm
                         data_dir=str(fake_fmnist_root))
     assert sorted(r["run_id"] for r in records) == sorted(c.run_id for c in runs)
     assert {r["pack_size"] for r in records} == {size}
+
+
+def test_compare_runs_counts_moved_decisions_in_checks():
+    """scripts/compare_runs.py, behind the README's drift figures: moves in whole checks, run ids matched."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def record(run_id, stop, halved, acc, status="converged"):
+        return {"run_id": run_id, "check_every": 25, "convergence_steps": stop if status == "converged" else None,
+                "steps": stop, "lr_halved_step": halved, "test_acc": acc}
+
+    a = [record("x", 800, 700, 80.0), record("y", 400, None, 79.0), record("only-a", 100, 50, 70.0)]
+    b = [record("y", 450, 375, 79.5), record("x", 1050, 725, 79.0, status="max_steps")]
+    rows = {r["run_id"]: r for r in module.compare(a, b)}
+    assert set(rows) == {"x", "y"}
+    assert (rows["x"]["stop_moved"], rows["x"]["halving_moved"], rows["x"]["test_acc_diff"]) == (10, 1, -1.0)
+    assert (rows["y"]["stop_moved"], rows["y"]["halving_moved"]) == (2, None)
+    lines = module.summary(list(rows.values()))
+    assert lines[1].startswith("stop moved in 2 of 2, by [2, 10] checks") and "+150 steps" in lines[1]
+    assert lines[2].startswith("halving moved in 1 of 1")
