@@ -55,9 +55,11 @@ def pack_logits(models: list[MLP], x: torch.Tensor, shared: bool = False) -> tor
         with torch.autocast(x.device.type, enabled=False) if last else contextlib.nullcontext():
             if last:
                 h, weight, bias = h.float(), weight.float(), bias.float()
-            # a shared first input: one broadcast matmul against every run's weights
-            h = torch.matmul(h, weight.transpose(1, 2)) + bias if h.dim() == 2 else \
-                torch.baddbmm(bias, h, weight.transpose(1, 2))
+            if h.dim() == 2:  # a shared input: one matmul against every run's weights, bias in the same op
+                runs, width = weight.shape[:2]
+                h = F.linear(h, weight.flatten(0, 1), bias.flatten()).view(len(h), runs, width).transpose(0, 1)
+            else:
+                h = torch.baddbmm(bias, h, weight.transpose(1, 2))
         if not last:
             h = torch.relu(h)
     return h

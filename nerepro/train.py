@@ -162,6 +162,7 @@ def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_di
         members.append(Member(c, model, optimizer, sampler, state, path))
     steps = sorted({m.state.step for m in members})
     if len(steps) > 1:  # lockstep only: one pack per step reached
+        members.clear()  # each pack below builds its own
         records = {}
         for step in steps:
             group = [i for i, m in enumerate(members) if m.state.step == step]
@@ -228,6 +229,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         record = make_record(m.cfg, data, m.state, device, test_loss, test_acc,
                              wall_s=m.state.wall_before + time.perf_counter() - t_start, loop_s=loop_s)
         record["pack_size"] = size
+        if not single:  # a pack's arithmetic is eager (pack.py), whatever --compile asked for
+            record["provenance"]["compile"] = "off"
         if window is not None:
             record["train_loss_full"] = finite_or_none(train_loss_full)
         records[m.cfg.run_id] = record
@@ -298,7 +301,7 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
             for i in ended:
                 finish(members[i])
             keep = [i for i in range(len(members)) if i not in ended]
-            members = [members[i] for i in keep]
+            members[:] = [members[i] for i in keep]  # in place: the caller's list lets the ended runs go too
             alphas, minibatch_sum = alphas[keep], minibatch_sum[keep]
             if window is not None:
                 window.keep(keep)

@@ -48,6 +48,31 @@ def test_pack_logits_and_losses_are_each_models_own(data):
         assert check.value == pytest.approx(alone.value, rel=1e-5)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_packed_activations_stay_in_the_autocast_dtype(data, shared):
+    """Under bf16 autocast every hidden activation of a pack is bf16 (as in a run alone: F.linear then ReLU),
+    the logits fp32; the shared input of a loss check included (its bias added inside the matmul)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ReluDtypes(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.relu, torch.ops.aten.relu_):
+                self.seen.append(out.dtype)
+            return out
+
+    models = [build_model("F1", seed=s) for s in range(2)]
+    x = data.x_train[:30] if shared else data.x_train[:30].unsqueeze(0).expand(2, 30, *data.x_train.shape[1:])
+    with torch.autocast("cpu", dtype=torch.bfloat16), ReluDtypes() as mode:
+        logits = pack_logits(models, x, shared=shared)
+    assert mode.seen == [torch.bfloat16] * 7 and logits.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for i, m in enumerate(models):
+            torch.testing.assert_close(logits[i], m(data.x_train[:30]).float(), rtol=0.05, atol=0.05)
+
+
 def test_a_pack_of_seeds_and_alphas_trains_each_run_as_alone(data):
     """Short runs (60-110 steps here) take the same decisions packed and alone. Longer ones drift apart: the
     batched matmuls round differently and Adam's early steps amplify rounding, as another thread count
@@ -205,3 +230,9 @@ def test_compare_runs_counts_moved_decisions_in_checks():
     lines = module.summary(list(rows.values()))
     assert lines[1].startswith("stop moved in 2 of 2, by [2, 10] checks") and "+150 steps" in lines[1]
     assert lines[2].startswith("halving moved in 1 of 1")
+
+
+def test_a_pack_records_that_it_ran_uncompiled(data):
+    """Packs run eager (pack.py): a record must not claim the --compile it did not get."""
+    records = train_pack([cfg(1.5, s, compile="default", max_steps=20) for s in (0, 1)], data=data)
+    assert [r["provenance"]["compile"] for r in records] == ["off", "off"]
