@@ -43,15 +43,38 @@ def _layers(model: MLP) -> list[nn.Linear]:
     return [m for m in model.hidden if isinstance(m, nn.Linear)] + [model.output]
 
 
-def pack_logits(models: list[MLP], x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-    """Logits (R, n, classes) of R MLPs: on their own inputs x (R, n, ...), or with `shared` on the same x
-    (n, ...). Hidden layers follow the autocast dtype; the output layer runs in fp32, as `fp32_output` does."""
+def stacked_layers(models: list[MLP], leaves: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's weights (R, out, in) and biases (R, 1, out) of R MLPs, stacked. With `leaves` they are new
+    leaf tensors: backward fills one gradient per layer for the whole pack, which `give_grads` hands to each
+    model as views (autograd through the stack would copy every run's gradient out of it, per parameter)."""
     layers = [_layers(m) for m in models]
-    h = x.reshape(x.shape[0], -1) if shared else x.reshape(x.shape[0], x.shape[1], -1)
+    stacks = []
     for depth in range(len(layers[0])):
         weight = torch.stack([ls[depth].weight for ls in layers])
         bias = torch.stack([ls[depth].bias for ls in layers]).unsqueeze(1)
-        last = depth == len(layers[0]) - 1
+        if leaves:
+            weight, bias = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+        stacks.append((weight, bias))
+    return stacks
+
+
+def give_grads(models: list[MLP], stacks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """After backward through `stacked_layers(models, leaves=True)`: each parameter's .grad is its run's slice."""
+    for depth, (weight, bias) in enumerate(stacks):
+        for m, grad_w, grad_b in zip(models, weight.grad.unbind(0), bias.grad.squeeze(1).unbind(0)):
+            layer = _layers(m)[depth]
+            layer.weight.grad, layer.bias.grad = grad_w, grad_b
+
+
+def pack_logits(models: list[MLP], x: torch.Tensor, shared: bool = False,
+                stacks: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Logits (R, n, classes) of R MLPs (or of their `stacks`): on their own inputs x (R, n, ...), or with
+    `shared` on the same x (n, ...). Hidden layers follow the autocast dtype; the output layer runs in fp32,
+    as `fp32_output` does."""
+    stacks = stacks if stacks is not None else stacked_layers(models)
+    h = x.reshape(x.shape[0], -1) if shared else x.reshape(x.shape[0], x.shape[1], -1)
+    for depth, (weight, bias) in enumerate(stacks):
+        last = depth == len(stacks) - 1
         with torch.autocast(x.device.type, enabled=False) if last else contextlib.nullcontext():
             if last:
                 h, weight, bias = h.float(), weight.float(), bias.float()
@@ -65,17 +88,24 @@ def pack_logits(models: list[MLP], x: torch.Tensor, shared: bool = False) -> tor
     return h
 
 
-def pack_objective(models: list[MLP], x: torch.Tensor, y: torch.Tensor, n_first: int,
-                   alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_objective(models: list[MLP], x: torch.Tensor, y: torch.Tensor, n_first: int, alphas: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Eq. (6) for each run of a pack: x (R, n, ...), y (R, n) hold each run's [B; B'] (B the first
-    `n_first` samples); returns (objectives, L_B), each (R,). The sum of the objectives has each run's
-    alpha grad L_B + (1 - alpha) grad L_B' as its gradient, since the runs share no weights."""
-    logits = pack_logits(models, x)
+    `n_first` samples); returns (objectives, L_B), each (R,), and the stacked weights they were computed with.
+    The runs share no weights, so `backward_pack` gives each run alpha grad L_B + (1 - alpha) grad L_B'."""
+    stacks = stacked_layers(models, leaves=True)
+    logits = pack_logits(models, x, stacks=stacks)
     per_sample = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
     loss_b = per_sample[:, :n_first].mean(1)
-    if y.shape[1] == n_first:  # alpha = 1: B only
-        return loss_b, loss_b
-    return alphas * loss_b + (1 - alphas) * per_sample[:, n_first:].mean(1), loss_b
+    objective = loss_b if y.shape[1] == n_first else \
+        alphas * loss_b + (1 - alphas) * per_sample[:, n_first:].mean(1)  # alpha = 1 reads B only
+    return objective, loss_b, stacks
+
+
+def backward_pack(models: list[MLP], objective: torch.Tensor, stacks) -> None:
+    """Each run's gradient of its own objective into its model's parameters' .grad."""
+    objective.sum().backward()
+    give_grads(models, stacks)
 
 
 @torch.inference_mode()
@@ -91,9 +121,10 @@ def pack_dataset_loss(models: list[MLP], x: torch.Tensor, y: torch.Tensor, chunk
         n, active = len(x), list(range(len(models)))
         totals = torch.zeros(len(models), dtype=torch.float64, device=x.device)
         found: dict[int, LossCheck] = {}
+        stacks = stacked_layers(models)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            logits = pack_logits([models[i] for i in active], x[start:end], shared=True)
+            logits = pack_logits([], x[start:end], shared=True, stacks=stacks)
             losses = F.cross_entropy(logits.flatten(0, 1).float(), y[start:end].repeat(len(active)),
                                      reduction="none").view(len(active), -1).sum(1).double()
             totals[active] += losses
@@ -109,6 +140,8 @@ def pack_dataset_loss(models: list[MLP], x: torch.Tensor, y: torch.Tensor, chunk
                     active.remove(i)
                 if not active:
                     break
+                if len(active) < len(stacks[0][0]):  # the runs decided leave the pass
+                    stacks = stacked_layers([models[i] for i in active])
         final = (totals / n).tolist()
         return [found.get(i, LossCheck(final[i], True, n)) for i in range(len(models))]
     finally:

@@ -122,6 +122,47 @@ class EpochSampler:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+class PackDraws:
+    """The draws of a pack's samplers at one step, as rows (R, n) of `sampler.draw(step)`.
+
+    Independent samplers draw together: the keys of every run and stream form one (rows, N) tensor and one
+    `topk` per row picks each minibatch, the same indices as drawn alone (keys never tie), in a few kernels
+    instead of a dozen per run and stream. The per-draw keys are hashed on the host a block of steps ahead
+    and copied to the device in one (pinned, asynchronous) transfer per block: no host sync per step.
+    """
+
+    BLOCK = 256  # steps of per-draw keys hashed and copied at once
+
+    def __init__(self, samplers: list):
+        self.samplers = samplers
+        first = samplers[0]
+        self.together = all(isinstance(s, IndependentSampler) for s in samplers) and \
+            len({(s.batch_size, s.streams, s.keys.n) for s in samplers}) == 1
+        if self.together:
+            self.index, self.batch_size, self.streams = first.keys.index, first.batch_size, first.streams
+        self.start, self.table = None, None
+
+    def _keys(self, step: int) -> torch.Tensor:
+        if self.start is None or not self.start <= step < self.start + self.BLOCK:
+            self.start = step
+            rows = [[[*draw_key(s.keys.seed, stream, t)] for s in self.samplers for stream in self.streams]
+                    for t in range(step, step + self.BLOCK)]
+            table = torch.tensor(rows, dtype=torch.int64)  # (BLOCK, rows, 2)
+            device = self.index.device
+            if device.type == "cuda":
+                table = table.pin_memory()
+            self.table = table.to(device, non_blocking=True)
+        return self.table[step - self.start]
+
+    def draw(self, step: int) -> torch.Tensor:
+        if not self.together:
+            return torch.stack([s.draw(step) for s in self.samplers])
+        key = self._keys(step)
+        keys = sample_keys(self.index, (key[:, :1], key[:, 1:]))  # (rows, N)
+        chosen = torch.topk(keys, self.batch_size, dim=1, largest=False).indices
+        return chosen.view(len(self.samplers), -1)  # each run's streams in order: [B; B']
+
+
 def make_sampler(sampling: str, n: int, batch_size: int, device: torch.device, seed: int, second: bool):
     """The sampler of a run's `sampling` setting: independent (default), epoch or paired."""
     if sampling == "independent":

@@ -18,9 +18,9 @@ from .config import RunConfig
 from .errors import ConfigError
 from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
-from .pack import check_pack, pack_dataset_loss, pack_objective
+from .pack import backward_pack, check_pack, pack_dataset_loss, pack_objective
 from .record import finite_or_none, git_state, provenance
-from .sampling import make_sampler
+from .sampling import PackDraws, make_sampler
 from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
 
 Progress = Callable[[int, str], None]  # called at every check with (step, "L=..." | "L>=..." | "L_B~...")
@@ -200,6 +200,7 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
     alphas = torch.tensor([m.cfg.alpha for m in members], device=device)
     minibatch_sum = torch.tensor([m.state.minibatch_sum for m in members], device=device)  # float32, as summed
     step, since_check = members[0].state.step, members[0].state.since_check
+    draws = PackDraws([m.sampler for m in members])
     records: dict[str, dict] = {}
     last_save = t_loop = time.perf_counter()
 
@@ -241,7 +242,7 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         if deadline is not None and time.time() >= deadline:
             save()
             raise OutOfTime([m.cfg.run_id for m in members], step)
-        idx = [m.sampler.draw(step) for m in members]
+        idx = draws.draw(step)  # (runs, n): each run's [B; B'] from its own sampler
         for m in members:
             m.optimizer.zero_grad(set_to_none=True)
         with precision:
@@ -255,10 +256,10 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
                                                     cfg.batch_size, cfg.alpha)
                 objective.backward()
             else:  # Eq. (6) for every run of the pack
-                both = torch.stack(idx)
-                objective, loss_b = pack_objective([m.model for m in members], data.x_train[both],
-                                                   data.y_train[both], cfg.batch_size, alphas)
-                objective.sum().backward()
+                models = [m.model for m in members]
+                objective, loss_b, stacks = pack_objective(models, data.x_train[idx], data.y_train[idx],
+                                                           cfg.batch_size, alphas)
+                backward_pack(models, objective, stacks)
         for m in members:
             if keras_adam:
                 keras_adam_eps(m.optimizer, m.cfg.adam_eps, step + 1)
@@ -302,6 +303,7 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
                 finish(members[i])
             keep = [i for i in range(len(members)) if i not in ended]
             members[:] = [members[i] for i in keep]  # in place: the caller's list lets the ended runs go too
+            draws = PackDraws([m.sampler for m in members]) if members else None
             alphas, minibatch_sum = alphas[keep], minibatch_sum[keep]
             if window is not None:
                 window.keep(keep)

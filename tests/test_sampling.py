@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO
 from nerepro import RunConfig
-from nerepro.sampling import IndependentSampler, make_sampler
+from nerepro.sampling import IndependentSampler, PackDraws, make_sampler
 
 CPU = torch.device("cpu")
 M32 = 2 ** 32 - 1
@@ -49,6 +49,22 @@ def test_independent_stream_equals_the_reference(second):
         if second:
             expected += reference_minibatch(seed, "B'", step, n, b)
         assert sampler.draw(step).tolist() == expected
+
+
+@pytest.mark.parametrize("sampling,second", [("independent", False), ("independent", True), ("paired", True)])
+def test_a_packs_draws_are_its_runs_own(sampling, second, monkeypatch):
+    """A pack draws all its runs' minibatches together (one key tensor, one topk): each row must be exactly
+    what the run's own sampler draws alone, at every step, across the blocks of pre-hashed keys."""
+    monkeypatch.setattr(PackDraws, "BLOCK", 4)  # steps 0-9 cross two block boundaries
+    n, b = 1000, 37
+    samplers = [make_sampler(sampling, n, b, CPU, seed, second=second) for seed in (0, 3, 11)]
+    draws = PackDraws(samplers)
+    assert draws.together == (sampling == "independent")
+    for step in (*range(10), 5, 123_456):  # and back, and far ahead (a resumed pack)
+        rows = draws.draw(step)
+        assert rows.shape == (3, b * (2 if second else 1))
+        for row, sampler in zip(rows, samplers):
+            assert row.tolist() == sampler.draw(step).tolist()
 
 
 @pytest.mark.parametrize("sampling,second", [("epoch", True), ("paired", True), ("epoch", False)])
