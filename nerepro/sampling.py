@@ -160,7 +160,7 @@ class PackDraws:
         key = self._keys(step)
         keys = sample_keys(self.index, (key[:, :1], key[:, 1:]))  # (rows, N)
         chosen = torch.topk(keys, self.batch_size, dim=1, largest=False).indices
-        return chosen.view(len(self.samplers), -1)  # each run's streams in order: [B; B']
+        return chosen.reshape(len(self.samplers), -1)  # each run's streams in order: [B; B']
 
 
 def make_sampler(sampling: str, n: int, batch_size: int, device: torch.device, seed: int, second: bool):

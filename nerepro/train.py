@@ -162,10 +162,10 @@ def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_di
         members.append(Member(c, model, optimizer, sampler, state, path))
     steps = sorted({m.state.step for m in members})
     if len(steps) > 1:  # lockstep only: one pack per step reached
+        groups = [[i for i, m in enumerate(members) if m.state.step == step] for step in steps]
         members.clear()  # each pack below builds its own
         records = {}
-        for step in steps:
-            group = [i for i, m in enumerate(members) if m.state.step == step]
+        for group in groups:
             for r in train_pack([cfgs[i] for i in group], data, None, progress, [checkpoints[i] for i in group],
                                 checkpoint_every_s, final_evaluation, deadline, on_record):
                 records[r["run_id"]] = r

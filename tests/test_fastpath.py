@@ -199,3 +199,24 @@ def test_cuda_bf16_run_and_bench_timing():
     # and the FLOP rate would exceed the device's
     result = bench("F1", batch_size=5000, alpha=1.5, steps=5, check_every=50, device="cuda", warmup=3)
     assert 0 < result["fraction_of_peak"] < 1
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_pack_trains_each_run_as_alone_on_cuda(precision):
+    """A pack of seeds and alphas on CUDA (draws together, stacked weights, gradient slices into fused Adam)
+    against the same runs alone on CUDA: the same minibatches, so every check's minibatch loss agrees to
+    rounding for the first steps, and each record keeps its run id and pack size."""
+    from nerepro.train import train_pack
+
+    data = synthetic_data(n_train=400, n_test=100)
+    runs = [cfg(batch_size=20, alpha=a, seed=s, check_every=1, max_steps=5, device="cuda", precision=precision)
+            for a, s in ((1.5, 0), (2.0, 1), (1.5, 2))]
+    packed = train_pack(runs, data=data)
+    for run, record in zip(runs, packed):
+        alone = train(run, data=data)
+        assert record["run_id"] == alone["run_id"] and record["pack_size"] == 3
+        pairs = list(zip(alone["curve"]["minibatch_loss"], record["curve"]["minibatch_loss"]))
+        rel = 3e-4 if precision == "fp32" else 3e-2
+        assert len(pairs) == 5 and all(b == pytest.approx(a, rel=rel) for a, b in pairs), pairs

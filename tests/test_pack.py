@@ -73,6 +73,27 @@ def test_packed_activations_stay_in_the_autocast_dtype(data, shared):
             torch.testing.assert_close(logits[i], m(data.x_train[:30]).float(), rtol=0.05, atol=0.05)
 
 
+def test_each_run_gets_its_own_gradient_laid_out_as_its_parameters(data):
+    """backward_pack hands each model a slice of the stacked gradient: equal to the model's own gradient of its
+    objective, and with its parameter's strides (fused Adam on CUDA reads a gradient as laid out as its
+    parameter)."""
+    from nerepro.gradient import ne_objective
+    from nerepro.pack import backward_pack, pack_objective
+
+    models = [build_model("F1", seed=s) for s in range(3)]
+    alphas = torch.tensor([1.5, 2.0, 3.0])
+    idx = torch.stack([torch.randperm(200, generator=torch.Generator().manual_seed(s))[:40] for s in range(3)])
+    objective, _, stacks = pack_objective(models, data.x_train[idx], data.y_train[idx], 20, alphas)
+    backward_pack(models, objective, stacks)
+    for m, rows, alpha in zip(models, idx, alphas.tolist()):
+        packed = [p.grad for p in m.parameters()]
+        assert all(g.stride() == p.stride() and g.is_contiguous() for g, p in zip(packed, m.parameters()))
+        m.zero_grad(set_to_none=True)
+        ne_objective(m, data.x_train[rows], data.y_train[rows], 20, alpha)[0].backward()
+        for g, p in zip(packed, m.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_a_pack_of_seeds_and_alphas_trains_each_run_as_alone(data):
     """Short runs (60-110 steps here) take the same decisions packed and alone. Longer ones drift apart: the
     batched matmuls round differently and Adam's early steps amplify rounding, as another thread count
@@ -126,6 +147,25 @@ def test_a_pack_resumes_from_its_members_checkpoints(data, tmp_path):
     # a member's checkpoint is a single run's: it continues alone too
     train_killed_at(runs[0], data, tmp_path / "alone.pt", step=60)
     assert train(runs[0], data=data, checkpoint=tmp_path / "alone.pt")["resumes"] == 1
+
+
+def test_runs_resumed_at_different_steps_each_continue_where_they_stopped(data, tmp_path):
+    """Checkpoints at different steps: one pack per step reached, each run continuing exactly from its own."""
+    runs = [cfg(1.5, 0, max_steps=90), cfg(2.0, 1, max_steps=90), cfg(1.5, 2, max_steps=90)]
+    paths = [tmp_path / f"{r.run_id}.pt" for r in runs]
+    for run, path, step in zip(runs, paths, (30, 60, 30)):
+        train_killed_at(run, data, path, step=step)
+    resumed = train_pack(runs, data=data, checkpoints=paths)
+    assert [r["run_id"] for r in resumed] == [r.run_id for r in runs]
+    assert [r["pack_size"] for r in resumed] == [2, 1, 2]
+    ignore = ("wall_s", "loop_s", "check_s", "provenance", "resumes", "pack_size")
+    alone = [train(run, data=data) for run in runs]
+    assert all(r["resumes"] == 1 for r in resumed)
+    # the run at step 60 continued alone: its record is the uninterrupted one
+    assert {k: v for k, v in resumed[1].items() if k not in ignore} == \
+        {k: v for k, v in alone[1].items() if k not in ignore}
+    for i in (0, 2):  # continued as a pack of two: the same run, up to the pack's rounding
+        assert_same_run(resumed[i], alone[i])
 
 
 def test_only_runs_that_differ_in_seed_and_alpha_share_a_pack():
