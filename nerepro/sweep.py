@@ -106,9 +106,11 @@ def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_ev
              write: bool = True) -> list[dict]:
     """Train runs as one pack (a single run: a pack of one), each resuming its checkpoint if any, and return
     the records of those that ended; with `write`, each record is written the moment its run ends. An
-    exception becomes an `error` record for every run it stopped; runs paused at the deadline give none
-    (their checkpoints continue them)."""
+    exception becomes an `error` record for every run it stopped, except in a pack: its unfinished runs
+    then continue alone, each from its checkpoint (packs are the younger code path; a failure of theirs
+    must not cost the runs). Runs paused at the deadline give no record (their checkpoints continue them)."""
     ended: list[dict] = []
+    alone: list[RunConfig] = []
 
     def deliver(record: dict) -> None:
         if write:
@@ -142,13 +144,24 @@ def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_ev
                 on_event("note", {"message": str(e)})
         except Exception as e:  # noqa: BLE001
             finished = {r["run_id"] for r in ended}
-            for cfg in cfgs:
-                if cfg.run_id not in finished:
+            rest = [cfg for cfg in cfgs if cfg.run_id not in finished]
+            if len(cfgs) > 1:
+                alone = rest
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                for cfg in rest:
+                    results.log(f"pack-failed:{type(e).__name__}", cfg.run_id)
+                if on_event:
+                    on_event("note", {"message": f"a pack of {len(cfgs)} failed ({reason}); its {len(rest)} "
+                                                 "unfinished runs continue alone (--pack off avoids packs)"})
+            else:
+                for cfg in rest:
                     deliver(error_record(cfg, e, cfg.device))
         finally:  # the exception (and the runs' frames it holds) is gone here
             if device.type == "cuda":  # hand the runs' memory back before the gate counts it free
                 gc.collect()
                 torch.cuda.empty_cache()
+    for cfg in alone:  # outside the pack's share of the gate: each holds its own
+        ended += run_pack([cfg], results, cache, on_event, checkpoint_every_s, deadline, gate, write)
     return ended
 
 

@@ -276,3 +276,41 @@ def test_a_pack_records_that_it_ran_uncompiled(data):
     """Packs run eager (pack.py): a record must not claim the --compile it did not get."""
     records = train_pack([cfg(1.5, s, compile="default", max_steps=20) for s in (0, 1)], data=data)
     assert [r["provenance"]["compile"] for r in records] == ["off", "off"]
+
+
+def test_a_failing_pack_lets_its_runs_continue_alone(data, tmp_path, monkeypatch):
+    """A pack that raises mid-run (say, a GPU quirk of the batched path) costs no run: the unfinished ones
+    continue alone from their checkpoints, in the same sweep, and the sweep log says so."""
+    import importlib
+
+    from nerepro.results import ResultsDir, read_record
+    from nerepro.sweep import run_pack
+
+    train_module = importlib.import_module("nerepro.train")  # the module, not the function nerepro exports
+
+    real, calls = train_module.pack_objective, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 25:
+            raise RuntimeError("batched matmul failed")
+        return real(*args, **kwargs)
+
+    class Cache:
+        def get(self, cfg, device):
+            return data
+
+    monkeypatch.setattr(train_module, "pack_objective", flaky)
+    runs = [cfg(1.5, s, max_steps=60) for s in (0, 1)]
+    results = ResultsDir(tmp_path / "r")
+    results.prepare()
+    notes = []
+    records = run_pack(runs, results, Cache(), on_event=lambda kind, info: notes.append((kind, info)),
+                       checkpoint_every_s=0)
+    assert sorted(r["run_id"] for r in records) == sorted(r.run_id for r in runs)
+    for run in runs:
+        record = read_record(results.runs / f"{run.run_id}.json")
+        assert record["status"] != "error" and record["pack_size"] == 1 and record["resumes"] == 1
+        assert_same_run(record, train(run, data=data))
+    assert any(kind == "note" and "continue alone" in info["message"] for kind, info in notes)
+    assert results.log_path.read_text().count("pack-failed:RuntimeError") == 2
