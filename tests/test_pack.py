@@ -314,3 +314,19 @@ def test_a_failing_pack_lets_its_runs_continue_alone(data, tmp_path, monkeypatch
         assert_same_run(record, train(run, data=data))
     assert any(kind == "note" and "continue alone" in info["message"] for kind, info in notes)
     assert results.log_path.read_text().count("pack-failed:RuntimeError") == 2
+
+
+def test_a_pack_dispatches_fewer_operations_per_run_step(data):
+    """What a pack saves on a launch-bound GPU (README, 'Packs'), counted on the CPU by scripts/count_ops.py:
+    the operations of a step, optimizer apart, must not grow with each run as they would one run at a time
+    (per-run sampling or per-run gradient copies would)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("count_ops", REPO / "scripts" / "count_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    alone, _ = module.per_step("F1", 1, 1.5, 20, 3, data)
+    packed, _ = module.per_step("F1", 4, 1.5, 20, 3, data)
+    assert 0 < packed / 4 < alone / 2, (alone, packed)
