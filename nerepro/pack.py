@@ -66,12 +66,11 @@ def give_grads(models: list[MLP], stacks: list[tuple[torch.Tensor, torch.Tensor]
             layer.weight.grad, layer.bias.grad = grad_w, grad_b
 
 
-def pack_logits(models: list[MLP], x: torch.Tensor, shared: bool = False,
-                stacks: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-    """Logits (R, n, classes) of R MLPs (or of their `stacks`): on their own inputs x (R, n, ...), or with
-    `shared` on the same x (n, ...). Hidden layers follow the autocast dtype; the output layer runs in fp32,
-    as `fp32_output` does."""
-    stacks = stacks if stacks is not None else stacked_layers(models)
+def pack_logits(stacks: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, shared: bool = False
+                ) -> torch.Tensor:
+    """Logits (R, n, classes) of R MLPs given as their `stacked_layers`: on their own inputs x (R, n, ...), or
+    with `shared` on the same x (n, ...). Hidden layers follow the autocast dtype; the output layer runs in
+    fp32, as `fp32_output` does."""
     h = x.reshape(x.shape[0], -1) if shared else x.reshape(x.shape[0], x.shape[1], -1)
     for depth, (weight, bias) in enumerate(stacks):
         last = depth == len(stacks) - 1
@@ -94,7 +93,7 @@ def pack_objective(models: list[MLP], x: torch.Tensor, y: torch.Tensor, n_first:
     `n_first` samples); returns (objectives, L_B), each (R,), and the stacked weights they were computed with.
     The runs share no weights, so `backward_pack` gives each run alpha grad L_B + (1 - alpha) grad L_B'."""
     stacks = stacked_layers(models, leaves=True)
-    logits = pack_logits(models, x, stacks=stacks)
+    logits = pack_logits(stacks, x)
     per_sample = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
     loss_b = per_sample[:, :n_first].mean(1)
     objective = loss_b if y.shape[1] == n_first else \
@@ -124,7 +123,7 @@ def pack_dataset_loss(models: list[MLP], x: torch.Tensor, y: torch.Tensor, chunk
         stacks = stacked_layers(models)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            logits = pack_logits([], x[start:end], shared=True, stacks=stacks)
+            logits = pack_logits(stacks, x[start:end], shared=True)
             losses = F.cross_entropy(logits.flatten(0, 1).float(), y[start:end].repeat(len(active)),
                                      reduction="none").view(len(active), -1).sum(1).double()
             totals[active] += losses

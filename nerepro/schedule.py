@@ -60,9 +60,6 @@ class EpochWindow:
         """Each run's mean over the last epoch (or over the steps so far, before the first epoch is complete)."""
         return self.values[:, int(ne), :min(self.count, self.size)].mean(1).tolist()
 
-    def mean(self, ne: bool) -> float:
-        return self.means(ne)[0]
-
     def keep(self, runs: list[int]) -> None:
         """Only these runs from now on (the others left the pack)."""
         self.values = self.values[runs]

@@ -48,7 +48,7 @@ class RunState:
     status: str = "not_converged"
     check_s: float = 0.0  # wall time spent in loss checks
     check_samples: int = 0  # samples forwarded by full-training-set checks (their cost)
-    check_passes: int = 0  # full checks started; the budget counts them as whole passes (see check_training_loss)
+    check_passes: int = 0  # full checks started; the budget counts them as whole passes (see _check_plan)
     wall_before: float = 0.0  # wall time of earlier segments of a resumed run
     resumes: int = 0
     window: dict | None = None  # the EpochWindow of the epoch_mean readings, at the checkpoint
@@ -318,15 +318,16 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
 
 def check_losses(members: list[Member], data: datasets.Data, minibatch_losses: list[float],
                  window: EpochWindow | None, exact_at_end: bool) -> list[tuple[float | None, bool]]:
-    """`check_training_loss` for every run of a pack, the full passes of several runs shared (pack.py)."""
-    if len(members) == 1:
-        return [check_training_loss(members[0].cfg, members[0].state, members[0].model, data, minibatch_losses[0],
-                                    window, exact_at_end)]
+    """Each run's check of "the training loss" (README, 'Loss checks'): (L, exact); with --stop-loss epoch_mean
+    or ne_epoch_mean the mean over the last epoch; or (None, False) where the cheap running
+    estimate gated the full pass off. A full pass stops early once its partial sum proves L is above the
+    next target; the last step always gets an exact value. The passes of several runs share one pass over
+    the training set (pack.py); a run that is the only one to need a pass makes it alone."""
     found, passes, targets = [], [], []
     readings = window.means(ne=members[0].cfg.effective_stop_loss == "ne_epoch_mean") if window is not None else None
     for i, (m, minibatch_loss) in enumerate(zip(members, minibatch_losses)):
         plan = _check_plan(m.cfg, m.state, data, minibatch_loss, window is not None, exact_at_end)
-        if plan == "nan":
+        if plan == "nan":  # the weights are gone
             found.append((float("nan"), True))
         elif plan == "window":
             found.append((readings[i], True))
@@ -336,12 +337,15 @@ def check_losses(members: list[Member], data: datasets.Data, minibatch_losses: l
             found.append(None)
             passes.append(i)
             targets.append(plan)
-    if passes:
+    if len(passes) == 1:
+        m = members[passes[0]]
+        checks = [dataset_loss(m.model, data.x_train, data.y_train, m.cfg.check_chunk, targets[0])]
+    else:
         checks = pack_dataset_loss([members[i].model for i in passes], data.x_train, data.y_train,
-                                   members[0].cfg.check_chunk, targets)
-        for i, (loss, exact, evaluated) in zip(passes, checks):
-            members[i].state.check_samples += evaluated
-            found[i] = (loss, exact)
+                                   members[0].cfg.check_chunk, targets) if passes else []
+    for i, (loss, exact, evaluated) in zip(passes, checks):
+        members[i].state.check_samples += evaluated
+        found[i] = (loss, exact)
     return found
 
 
@@ -388,27 +392,6 @@ def loss_text(loss: float | None, exact: bool, minibatch_loss: float) -> str:
     if loss is None:
         return f"L_B~{minibatch_loss:.4g}"
     return f"L={loss:.4g}" if exact else f"L>={loss:.4g}"
-
-
-def check_training_loss(cfg: RunConfig, state: RunState, model: torch.nn.Module, data: datasets.Data,
-                        minibatch_loss: float, window: EpochWindow | None = None,
-                        exact_at_end: bool = True) -> tuple[float | None, bool]:
-    """One check of "the training loss": by default L(w) over the training set, a lower bound of it (early
-    exit) or None (gated); with --stop-loss epoch_mean / ne_epoch_mean, the mean over the last epoch.
-
-    README, 'Loss checks': the cheap running estimate gates the full pass; the pass stops early once its
-    partial sum proves L is above the next target; the last step always gets an exact value.
-    """
-    plan = _check_plan(cfg, state, data, minibatch_loss, window is not None, exact_at_end)
-    if plan == "nan":  # the weights are gone
-        return float("nan"), True
-    if plan == "window":
-        return window.mean(ne=cfg.effective_stop_loss == "ne_epoch_mean"), True
-    if plan == "gated":
-        return None, False
-    loss, exact, evaluated = dataset_loss(model, data.x_train, data.y_train, cfg.check_chunk, plan)
-    state.check_samples += evaluated
-    return loss, exact
 
 
 def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: torch.device, test_loss: float,

@@ -5,7 +5,7 @@ import torch
 
 from conftest import synthetic_data, train_killed_at
 from nerepro import RunConfig, train
-from nerepro.pack import check_pack, pack_dataset_loss, pack_logits
+from nerepro.pack import check_pack, pack_dataset_loss, pack_logits, stacked_layers
 from nerepro.models import build_model
 from nerepro.schedule import dataset_loss
 from nerepro.train import train_pack
@@ -36,8 +36,8 @@ def assert_same_run(packed, alone, rel=2e-2):
 def test_pack_logits_and_losses_are_each_models_own(data):
     models = [build_model("F1", seed=s) for s in range(3)]
     x = data.x_train[:50]
-    shared = pack_logits(models, x, shared=True)
-    stacked = pack_logits(models, x.unsqueeze(0).expand(3, *x.shape))
+    shared = pack_logits(stacked_layers(models), x, shared=True)
+    stacked = pack_logits(stacked_layers(models), x.unsqueeze(0).expand(3, *x.shape))
     for i, m in enumerate(models):
         torch.testing.assert_close(shared[i], m(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(stacked[i], m(x), rtol=1e-5, atol=1e-5)
@@ -66,7 +66,7 @@ def test_packed_activations_stay_in_the_autocast_dtype(data, shared):
     models = [build_model("F1", seed=s) for s in range(2)]
     x = data.x_train[:30] if shared else data.x_train[:30].unsqueeze(0).expand(2, 30, *data.x_train.shape[1:])
     with torch.autocast("cpu", dtype=torch.bfloat16), ReluDtypes() as mode:
-        logits = pack_logits(models, x, shared=shared)
+        logits = pack_logits(stacked_layers(models), x, shared=shared)
     assert mode.seen == [torch.bfloat16] * 7 and logits.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for i, m in enumerate(models):
