@@ -4,6 +4,7 @@
 #   make reproduce  the whole paper (configs/paper.toml) on this machine's GPUs; run again to resume
 #   make report     rebuild runs.csv, tables, figures, claims and protocol of RESULTS (default results/quick)
 #   make test-min   the tests against the oldest torch/torchvision nerepro supports (pyproject.toml), in .venv-min
+#   make import-gpu ARCHIVE=OUT/results.tar.gz   merge a GPU session's records into results/f1 (INTO=...), rebuild its report
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -42,3 +43,7 @@ reproduce: install
 
 report: install
 	$(NEREPRO) report --results $(RESULTS) --out $(RESULTS)
+
+.PHONY: import-gpu
+import-gpu: install
+	$(PY) scripts/import_gpu.py "$(ARCHIVE)" $(if $(INTO),--into $(INTO))

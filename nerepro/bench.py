@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import queue
 import resource
 import time
 
@@ -10,6 +13,7 @@ import torch.nn as nn
 
 from . import data as datasets
 from .config import RunConfig
+from .errors import ConfigError
 from .fastpath import compile_mode
 from .models import build_model
 from .record import device_name
@@ -61,6 +65,13 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, tf32: bool = False, se
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+def timed_precision(precision: str) -> None:
+    """fp64 is the reference precision of the tests, not a training speed: its FLOP rate has no peak here."""
+    if precision == "fp64":
+        raise ConfigError("bench times the training precisions: use --precision fp32, tf32 or bf16 (fp64 is "
+                          "a float64 reference for checks)")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -82,6 +93,7 @@ def bench_data(network: str, device: torch.device, data_dir: str | None) -> tupl
 def bench(network: str, batch_size: int, alpha: float, steps: int, device: str = "auto", precision: str = "fp32",
           check_every: int = 50, compile: str = "auto", warmup: int = 20, data_dir: str | None = None) -> dict:
     """Train `steps` steps from seed 0 (after `warmup` discarded steps: compilation, autotuning) and measure."""
+    timed_precision(precision)
     dev = resolve_device(device)
     cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=0, max_steps=steps,
                     check_every=check_every, precision=precision, compile=compile, device=str(dev))
@@ -119,14 +131,21 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
 
 
 def bench_pack(network: str, batch_size: int, alpha: float, steps: int, runs: int, device: str = "auto",
-               precision: str = "fp32", check_every: int = 50, warmup: int = 5, data_dir: str | None = None) -> dict:
-    """`runs` runs (seeds 0..runs-1) trained one after another, then as one pack, in this process: the steps
-    of all runs per second each way and their ratio (README, 'Packs'). Peak memory: device memory of each
-    way on CUDA; on the CPU the process's peak RSS after the single runs and after the pack (it only grows)."""
+               precision: str = "fp32", check_every: int = 50, warmup: int = 5, data_dir: str | None = None,
+               workers: int = 0) -> dict:
+    """`runs` runs (seeds 0..runs-1) trained as one pack (README, 'Packs') against the baseline: the same runs
+    one after another in this process; with `workers` K > 1, also the sweep's alternative, K worker processes
+    on the device (`nerepro sweep --workers-per-device K`), each given every K-th run and the sweep's share of
+    the cores. Each way is timed over its training loops only (a record's loop_s, steps and checks, ended by a
+    device synchronisation: model construction and data loading are not timed) and reports run-steps/s and the
+    TFLOP/s achieved (training FLOP per sample x samples processed / seconds). Peak memory: device memory of
+    each way on CUDA; on the CPU the process's peak RSS after the single runs and after the pack (it only grows)."""
+    timed_precision(precision)
     dev = resolve_device(device)
     cfgs = [RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=s, max_steps=steps,
                       check_every=check_every, precision=precision, device=str(dev)) for s in range(runs)]
     data, real = bench_data(network, dev, data_dir)
+    flops = training_flops_per_sample(network)
     if warmup:  # ending in a loss check, so that neither way is timed loading the check's kernels
         warm = [c.replace(max_steps=warmup, check_every=warmup) for c in cfgs]
         train_pack(warm, data=data, final_evaluation=False)
@@ -135,31 +154,93 @@ def bench_pack(network: str, batch_size: int, alpha: float, steps: int, runs: in
     for way in ("single", "pack"):
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        _sync(dev)
-        start = time.perf_counter()
-        if way == "single":
+        if way == "single":  # one loop after another: their times add up
             records = [train(c, data=data, final_evaluation=False) for c in cfgs]
-        else:
+            seconds = sum(r["loop_s"] for r in records)
+        else:  # one loop, until its last run leaves it
             records = train_pack(cfgs, data=data, final_evaluation=False)
-        _sync(dev)
-        seconds = time.perf_counter() - start
+            seconds = max(r["loop_s"] for r in records)
         memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        out[way] = {"seconds": seconds, "run_steps_per_s": sum(r["steps"] for r in records) / seconds,
-                    "peak_memory_gib": memory / 2 ** 30}
-    return {"network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision, "runs": runs,
-            "steps": steps, "check_every": check_every, "data": "real" if real else "random",
-            "device": device_name(dev), "device_type": dev.type, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "single": out["single"], "pack": out["pack"],
-            "speedup": out["pack"]["run_steps_per_s"] / out["single"]["run_steps_per_s"],
-            "memory_kind": "device" if dev.type == "cuda" else "process RSS", "date": time.strftime("%Y-%m-%d")}
+        out[way] = {**timing(records, seconds, flops), "peak_memory_gib": memory / 2 ** 30}
+    result = {"network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision, "runs": runs,
+              "steps": steps, "check_every": check_every, "data": "real" if real else "random",
+              "device": device_name(dev), "device_type": dev.type, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "gflop_per_sample": flops / 1e9,
+              "baseline": f"{runs} runs one after another in one process", "single": out["single"],
+              "pack": out["pack"], "speedup": out["pack"]["run_steps_per_s"] / out["single"]["run_steps_per_s"],
+              "memory_kind": "device" if dev.type == "cuda" else "process RSS", "date": time.strftime("%Y-%m-%d")}
+    if workers > 1:
+        result["workers"] = bench_workers(cfgs, workers, warmup, data_dir, flops)
+        result["speedup_vs_workers"] = out["pack"]["run_steps_per_s"] / result["workers"]["run_steps_per_s"]
+    return result
+
+
+def timing(records: list[dict], seconds: float, flops_per_sample: float) -> dict:
+    """A way of training the runs, from their records and the seconds its loops took."""
+    samples = sum(r["samples_processed"] for r in records)
+    return {"seconds": seconds, "run_steps_per_s": sum(r["steps"] for r in records) / seconds,
+            "samples": samples, "tflops": samples * flops_per_sample / seconds / 1e12}
+
+
+def bench_workers(cfgs: list[RunConfig], workers: int, warmup: int, data_dir: str | None, flops: float) -> dict:
+    """The runs in `workers` spawned processes, as a sweep's workers: each loads the data, warms up, waits for
+    the others, then trains every `workers`-th run. The time is the longest sum of a worker's loops (they run
+    side by side from the barrier on): process starts, loading and model construction are not timed."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(workers, timeout=600), ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // workers)  # the sweep's split of the cores (sweep.run_local)
+    procs = [ctx.Process(target=_bench_worker, args=(cfgs[k::workers], threads, warmup, data_dir, barrier, results))
+             for k in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        done = []
+        while len(done) < workers:
+            try:
+                done.append(results.get(timeout=1.0))
+            except queue.Empty:
+                if any(proc.exitcode not in (None, 0) for proc in procs):
+                    raise RuntimeError("a benchmark worker process died") from None
+    finally:
+        for proc in procs:
+            if proc.is_alive() and len(done) < workers:
+                proc.terminate()
+            proc.join()
+    for error in (d for d in done if isinstance(d, str)):
+        raise RuntimeError(f"a benchmark worker failed: {error}")
+    records = [r for d in done for r in d]
+    seconds = max(sum(r["loop_s"] for r in d) for d in done)
+    return {"workers": workers, "threads": threads, **timing(records, seconds, flops)}
+
+
+def _bench_worker(cfgs: list[RunConfig], threads: int, warmup: int, data_dir: str | None, barrier, results) -> None:
+    try:
+        torch.set_num_threads(threads)
+        dev = resolve_device(cfgs[0].device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev.index or 0)
+        data, _ = bench_data(cfgs[0].network, dev, data_dir)
+        if warmup:
+            train(cfgs[0].replace(max_steps=warmup, check_every=warmup), data=data, final_evaluation=False)
+        barrier.wait()
+        records = [train(c, data=data, final_evaluation=False) for c in cfgs]
+        results.put([{k: r[k] for k in ("loop_s", "steps", "samples_processed")} for r in records])
+    except Exception as e:  # noqa: BLE001 - reported by the parent
+        barrier.abort()
+        results.put(f"{type(e).__name__}: {e}")
 
 
 def pack_summary(r: dict) -> str:
+    def way(w: dict) -> str:
+        return f"{w['run_steps_per_s']:.1f} run-steps/s, {w['tflops']:.3g} TFLOP/s"
+
+    workers = (f"; {r['workers']['workers']} worker processes ({r['workers']['threads']} threads each) "
+               f"{way(r['workers'])}, the pack {r['speedup_vs_workers']:.2f}x that") if "workers" in r else ""
     return (f"{r['network']} B={r['batch_size']} alpha={r['alpha']:g} {r['precision']}, {r['runs']} runs of "
-            f"{r['steps']} steps on {r['device']} ({r['device_type']}, {r['threads']} threads, {r['data']} data): "
-            f"one after another {r['single']['run_steps_per_s']:.1f} run-steps/s, as a pack "
-            f"{r['pack']['run_steps_per_s']:.1f} run-steps/s: {r['speedup']:.2f}x; peak {r['memory_kind']} memory "
+            f"{r['steps']} steps on {r['device']} ({r['device_type']}, {r['threads']} threads, {r['data']} data), "
+            f"training loops only: baseline ({r['baseline']}) {way(r['single'])}; as one pack {way(r['pack'])}: "
+            f"{r['speedup']:.2f}x the baseline{workers}; peak {r['memory_kind']} memory "
             f"{r['single']['peak_memory_gib']:.2f} GiB after the single runs, {r['pack']['peak_memory_gib']:.2f} GiB "
             f"after the pack")
 

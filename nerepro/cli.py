@@ -50,7 +50,8 @@ DataDir = Annotated[Optional[Path], typer.Option(
 Device = Annotated[str, typer.Option(help="auto (first GPU, else CPU), cpu, cuda or cuda:N.")]
 
 
-@app.command(short_help="Train one network to the paper's stopping rule; write its record.")
+@app.command(short_help="Train one network to the paper's stopping rule; write its record.",
+             epilog="Details: configs/README.md (the readings, --protocol), results/README.md (the record).")
 def train(
     network: Annotated[str, typer.Option(help="F1 (Fashion-MNIST), C1 (CIFAR-10) or C2 (CIFAR-100).")],
     alpha: Annotated[float, typer.Option(help="Noise-enhancement factor of Eq. (6); 1 = plain training.")],
@@ -60,7 +61,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Initial learning rate [default: 1e-3 adam, 1e-2 sgd].")] = None,
     max_steps: Annotated[int, typer.Option(help="Steps after which a run ends as not_converged.")] = 100_000,
     check_every: Annotated[Optional[str], typer.Option(
-        help="Steps between checks of the training loss, or 'epoch' (at each epoch's end) [default: 50].")] = None,
+        help="Steps between checks of the training loss, or 'epoch' (at each epoch's end) [default: epoch].")] = None,
     subset: Annotated[Optional[int], typer.Option(help="Train on the first N training samples only.")] = None,
     adam_eps: Annotated[float, typer.Option(help="Adam's epsilon (Keras' default).")] = 1e-7,
     l_star: Annotated[Optional[float], typer.Option(help="Loss that halves the rate [default: Table 1].")] = None,
@@ -75,18 +76,20 @@ def train(
         help="Before that, full checks only within this share of the training compute.")] = 0.02,
     stop_loss: Annotated[Optional[str], typer.Option(
         help="The loss L* and L** are read on: full (Eq. 1 over the training set), epoch_mean (mean minibatch "
-             "loss over the last epoch), ne_epoch_mean (the same for the NE loss) [default: full].")] = None,
+             "loss over the last epoch), ne_epoch_mean (the same for the NE loss) [default: ne_epoch_mean].")] = None,
     sampling: Annotated[Optional[str], typer.Option(
         help="independent (B, B' drawn afresh each step), epoch (each walks its own shuffled epochs), paired "
-             "(halves of one 2B chunk of a shuffled epoch) [default: independent].")] = None,
+             "(halves of one 2B chunk of a shuffled epoch) [default: paired].")] = None,
     adam_update: Annotated[Optional[str], typer.Option(
         help="pytorch (eps added to sqrt(v_hat)) or keras (eps added to sqrt(v), as Keras' Adam) "
-             "[default: pytorch].")] = None,
+             "[default: keras].")] = None,
     protocol: Annotated[Optional[str], typer.Option(
-        help="A named reading of the paper's open choices: keras = --check-every epoch --stop-loss "
-             "ne_epoch_mean --sampling paired --adam-update keras (options given beside it win).")] = None,
+        help="A named reading of the paper's open choices: keras (the default) = --check-every epoch --stop-loss "
+             "ne_epoch_mean --sampling paired --adam-update keras; eq1 = --check-every 50 --stop-loss full "
+             "--sampling independent --adam-update pytorch (L(w) of Eq. 1). Options given beside it win.")] = None,
     precision: Annotated[str, typer.Option(
-        help="fp32 (TF32 convolutions on CUDA), tf32 (TF32 matmuls too) or bf16 (autocast body).")] = "fp32",
+        help="fp32 (TF32 convolutions on CUDA), tf32 (TF32 matmuls too), bf16 (autocast body) or fp64 (a "
+             "float64 reference: slow; two computations of a run agree to float64 rounding).")] = "fp32",
     reference: Annotated[str, typer.Option(
         help="minibatch (Eq. 6: a second minibatch B') or full (Eq. 5: the exact full-batch gradient; each step "
              "then costs B + N samples).")] = "minibatch",
@@ -125,7 +128,7 @@ def train(
     typer.echo(summary_line(record, path) + (f" (weights: {weights})" if weights else ""))
 
 
-@data_app.command("download")
+@data_app.command("download", epilog="Details: README.md (Data).")
 def data_download(
     names: Annotated[Optional[list[str]], typer.Argument(
         help="fashion-mnist, cifar10, cifar100 [default: all three].")] = None,
@@ -138,15 +141,18 @@ def data_download(
     typer.echo(f"datasets ready in {root}")
 
 
-@app.command(short_help="Run the configs' grids: resumable, prioritised, time-limited.")
+@app.command(short_help="Run the configs' grids: resumable, prioritised, time-limited.",
+             epilog="Details: configs/README.md (configs, options, the plan); scripts/README.md (packs, Slurm, Ray).")
 def sweep(
     configs: Annotated[list[Path], typer.Argument(help="Config files (configs/*.toml); runs shared by several "
                                                        "files run once.")],
     results: Annotated[Path, typer.Option(help="Results directory; records go to DIR/runs/.")],
     seeds: Annotated[Optional[int], typer.Option(help="Override the configs' seed count (seeds 0..N-1).")] = None,
     network: Annotated[Optional[list[str]], typer.Option(help="Only the runs of this network (repeatable).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="List the runs still to do and estimate their cost; train "
-                                               "nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Plan, train nothing: per network (and priority) the runs to do "
+                                               "and recorded, packs, estimated samples, FLOP and time.")] = False,
+    list_runs: Annotated[bool, typer.Option(
+        "--list", "--verbose", help="With --dry-run: also print the id of every run to do, in the sweep's order.")] = False,
     device: Device = "auto",
     workers_per_device: Annotated[Optional[int], typer.Option(
         help="Worker processes per GPU (or on the CPU) [default: 1 per GPU; on the CPU 1 per core].")] = None,
@@ -163,8 +169,9 @@ def sweep(
              "auto: on where the runs go to GPUs; off: one run per program.")] = "auto",
     max_pack: Annotated[int, typer.Option(help="The most runs in one pack.")] = 10,
     tflops: Annotated[Optional[str], typer.Option(
-        help="With --dry-run: training throughputs to turn the estimated FLOP into wall time, as "
-             "name=TFLOP/s pairs, e.g. fp32=40,tf32=250 (what `nerepro bench --pack` reaches).")] = None,
+        help="With --dry-run: training throughputs that turn the estimated FLOP into time, as name=TFLOP/s "
+             "pairs, the name a network or a precision, e.g. fp32=40,F1=2 (what `nerepro bench` reaches); "
+             "default: the speed of the runs recorded in --results.")] = None,
     time_limit: Annotated[Optional[str], typer.Option(
         help="Wall time this sweep may take (seconds, or 90s, 10m, 2h): runs that cannot finish in the time "
              "left are not started, running ones pause in their checkpoints, and it exits 0; rerun to "
@@ -199,16 +206,23 @@ def sweep(
     if shard:
         runs = take_shard(runs, *parse_shard(shard))
     store = ResultsDir(results)
+    if list_runs and not dry_run:
+        raise ConfigError("--list goes with --dry-run (it lists the runs a sweep would do; nothing trains)")
     if dry_run:
-        todo = pending_runs(runs, store) if store.runs.is_dir() else runs
-        for cfg in todo:
-            typer.echo(cfg.run_id)
-        samples = sum(estimated_samples(c) for c in todo)
-        typer.echo(f"{_todo_line(todo, runs)}; "
-                   f"estimated cost {samples:.3g} samples processed (rough: Table 2 scaled by sqrt(B_opt/B) and the subset)")
-        if executor == "local":  # a Ray cluster is not started for a dry run: auto is shown as packing
-            pack = resolve_pack(pack, options={"device": device})
-        for line in dry_run_costs(todo, max_pack if pack != "off" else 1, priority, parse_rates(tflops)):
+        from .plan import dry_run_lines, sweep_order
+        from .sweep import slots
+
+        rates = parse_rates(tflops)
+        done = store.done() if store.runs.is_dir() else set()
+        if list_runs:
+            for cfg in sweep_order([c for c in runs if c.run_id not in done], priority):
+                typer.echo(cfg.run_id)
+        where = slots(device, workers_per_device) if executor == "local" else None
+        # a Ray cluster is not started for a dry run: auto is shown as packing
+        resolved = resolve_pack(pack, options={"device": device}) if executor == "local" else pack
+        records = _records(store) if store.runs.is_dir() else []
+        for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
+                                  listed=list_runs):
             typer.echo(line)
         return
     from .record import check_writable
@@ -260,8 +274,10 @@ def parse_check_every(text: str | None) -> int | str | None:
 
 
 def parse_rates(text: str | None) -> dict[str, float]:
-    """'fp32=40,tf32=250' -> {'fp32': 40.0, 'tf32': 250.0} (TFLOP/s)."""
+    """'fp32=40,F1=2' -> {'fp32': 40.0, 'F1': 2.0} (TFLOP/s, for a precision or a network: cost.estimated_seconds)."""
+    from .cost import TRAIN_SIZE
     from .errors import ConfigError
+    from .fastpath import PRECISIONS
 
     rates = {}
     for part in (text or "").split(","):
@@ -274,26 +290,9 @@ def parse_rates(text: str | None) -> dict[str, float]:
             raise ConfigError(f"--tflops takes name=TFLOP/s pairs, e.g. fp32=40,tf32=250, got {text!r}") from None
         if not rates[name.strip()] > 0:
             raise ConfigError(f"--tflops takes positive throughputs, got {text!r}")
+        if name.strip() not in (*TRAIN_SIZE, *PRECISIONS):
+            raise ConfigError(f"--tflops takes names {', '.join((*TRAIN_SIZE, *PRECISIONS))}, got {name.strip()!r}")
     return rates
-
-
-def dry_run_costs(todo: list, max_pack: int, priority: dict, rates: dict[str, float]) -> list[str]:
-    """Per network: runs, packs, estimated steps, samples and training FLOP, and the wall time on one device
-    at each throughput given (--tflops). Packing changes no FLOP count: members leave their pack when they end."""
-    from .bench import training_flops_per_sample
-    from .cost import estimated_samples, estimated_steps
-    from .sweep import form_packs
-
-    lines = []
-    for network in sorted({c.network for c in todo}):
-        runs = [c for c in todo if c.network == network]
-        packs = form_packs(runs, max_pack, priority)
-        flop = sum(estimated_samples(c) for c in runs) * training_flops_per_sample(network)
-        times = "".join(f"; at {name} {rate:g} TFLOP/s: {flop / rate / 1e12 / 60:.0f} min" for name, rate in rates.items())
-        units = f"in {len(packs)} packs of up to {max_pack}" if max_pack > 1 else "one per program"
-        lines.append(f"{network}: {len(runs)} runs {units}, "
-                     f"{sum(estimated_steps(c) for c in runs):.3g} steps, {flop:.3g} training FLOP{times}")
-    return lines
 
 
 def parse_duration(text: str) -> float:
@@ -321,7 +320,7 @@ def _records(store) -> list[dict]:
     return load_records(store.root)[0]
 
 
-@app.command(short_help="Write DIR/runs.csv, one row per record.")
+@app.command(short_help="Write DIR/runs.csv, one row per record.", epilog="Details: results/README.md")
 def collect(results: Annotated[Path, typer.Option(help="Results directory of a sweep.")]):
     """Write DIR/runs.csv: one row per record (its fields without the curve), for pandas and the report."""
     from .results import collect as collect_records
@@ -346,7 +345,7 @@ def _load_report_inputs(results: Path, out: Optional[Path]):
     return loaded, out or results / "report"
 
 
-@app.command(short_help="Write Tables 1-3 beside the paper's numbers.")
+@app.command(short_help="Write Tables 1-3 beside the paper's numbers.", epilog="Details: results/README.md")
 def tables(results: ResultsOpt, out: OutOpt = None):
     """Write Tables 1-3 (Markdown, CSV, LaTeX) beside the paper's numbers, and print them."""
     from .tables import write_tables
@@ -356,7 +355,7 @@ def tables(results: ResultsOpt, out: OutOpt = None):
     typer.echo(f"tables -> {out}")
 
 
-@app.command(short_help="Write Figures 1-3 as PNG and PDF.")
+@app.command(short_help="Write Figures 1-3 as PNG and PDF.", epilog="Details: results/README.md")
 def plots(results: ResultsOpt, out: OutOpt = None):
     """Write Figures 1-3 (and Fig. 3 against samples processed) as PNG and PDF."""
     from .figures import write_figures
@@ -366,7 +365,7 @@ def plots(results: ResultsOpt, out: OutOpt = None):
         typer.echo(line)
 
 
-@app.command(short_help="Test each claim of Sec. 3; write claims.md.")
+@app.command(short_help="Test each claim of Sec. 3; write claims.md.", epilog="Details: results/README.md")
 def claims(results: ResultsOpt, out: OutOpt = None):
     """Test each claim of Sec. 3 on the results and write claims.md."""
     from .claims import write_claims
@@ -381,7 +380,7 @@ def _claims_line(text: str, out: Path) -> str:
         f"{verdicts.count(v)} {v}" for v in ("supported", "not supported", "not enough data"))
 
 
-@app.command(short_help="Set each reading's F1 results beside the paper's.")
+@app.command(short_help="Set each reading's F1 results beside the paper's.", epilog="Details: configs/README.md")
 def protocol(results: ResultsOpt, out: OutOpt = None):
     """Set each reading's F1 results (configs/protocol.toml) beside the paper's Tables 2-3: which one matches?"""
     from .protocol import write_protocol
@@ -390,14 +389,17 @@ def protocol(results: ResultsOpt, out: OutOpt = None):
     typer.echo(write_protocol(loaded, out))
 
 
-@app.command(short_help="Rebuild runs.csv and every table, figure and claim at once.")
+@app.command(short_help="Rebuild runs.csv and every table, figure and claim at once.",
+             epilog="Details: results/README.md")
 def report(results: ResultsOpt, out: OutOpt = None):
-    """Rebuild runs.csv, Tables 1-3, Figures 1-3, the claims and the protocol comparison from the records.
+    """Rebuild runs.csv, Tables 1-3, Figures 1-3, the claims and the protocol comparison from the records, and
+    README.md, one page that holds them all.
 
     Example: nerepro report --results results/quick --out results/quick
     """
     from .claims import write_claims
     from .figures import write_figures
+    from .page import write_page
     from .protocol import write_protocol
     from .results import collect as collect_records
     from .tables import write_tables
@@ -412,9 +414,11 @@ def report(results: ResultsOpt, out: OutOpt = None):
     typer.echo(_claims_line(write_claims(loaded, out), out))
     write_protocol(loaded, out)
     typer.echo(f"protocol -> {out / 'protocol.md'}")
+    typer.echo(f"page -> {write_page(loaded, results, out)}")
 
 
-@app.command(short_help="Time the training loop against the device's peak.")
+@app.command(short_help="Time the training loop against the device's peak.",
+             epilog="Details: results/performance.md")
 def bench(
     network: Annotated[str, typer.Option(help="F1, C1 or C2.")] = "F1",
     batch_size: Annotated[int, typer.Option(help="Minibatch size B.")] = 1000,
@@ -428,11 +432,15 @@ def bench(
     data_dir: DataDir = None,
     pack: Annotated[int, typer.Option(help="Time this many runs (seeds 0..N-1) one after another and as one pack "
                                            "(F1); 1: a single run.")] = 1,
+    workers: Annotated[int, typer.Option(help="With --pack: also time the runs in this many worker processes, "
+                                              "as `sweep --workers-per-device` would (opt-in: it starts them).")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object instead of the summary line.")] = False,
 ):
     """Time the training loop: steps/s, samples/s, TFLOP/s against a matmul peak measured now, check share, memory.
+    With --pack R: TFLOP/s of R runs as one pack against R runs one after another (and K worker processes).
 
     Example: nerepro bench --network C1 --batch-size 5000 --alpha 1.5 --precision bf16 --device cuda
+    Example: nerepro bench --pack 10 --batch-size 2000 --workers 4 --device cuda
     """
     import json
 
@@ -442,9 +450,11 @@ def bench(
 
     if pack < 1:
         raise ConfigError(f"--pack takes a number of runs, at least 1, got {pack}")
+    if workers and (pack == 1 or not 1 < workers <= pack):
+        raise ConfigError(f"--workers goes with --pack R and takes 2 to R worker processes, got {workers}")
     if pack > 1:
         result = bench_pack(network, batch_size, alpha, steps, pack, device, precision, check_every, warmup,
-                            str(data_dir) if data_dir else None)
+                            str(data_dir) if data_dir else None, workers)
         typer.echo(json.dumps(result) if json_out else pack_summary(result))
         return
     result = run_bench(network, batch_size, alpha, steps, device, precision, check_every, compile, warmup,
@@ -452,7 +462,8 @@ def bench(
     typer.echo(json.dumps(result) if json_out else summary(result))
 
 
-@app.command(short_help="Measure the SGD noise at fixed weights (Eqs. 9-11).")
+@app.command(short_help="Measure the SGD noise at fixed weights (Eqs. 9-11).",
+             epilog="Details: results/noise/README.md")
 def noise(
     network: Annotated[str, typer.Option(help="F1, C1 or C2.")],
     batch_size: Annotated[int, typer.Option(help="Minibatch size B of the NE draws.")],

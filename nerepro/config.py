@@ -22,11 +22,15 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}  # Keras' defaults (README, protocol ta
 LATER_FIELDS = {"precision": "fp32", "reference": "minibatch", "stop_loss": "full", "sampling": "independent",
                 "sampler_version": 1, "adam_update": "pytorch"}
 ADAM_UPDATES = ("pytorch", "keras")
-# Named readings of the paper's open choices (README, protocol table): shorthands for several settings.
-# "keras": how a Keras user of the paper's time would have run it: model.fit over batches of 2B ([B; B']),
-# "the training loss" as fit's epoch-end logs["loss"] (the mean NE loss of the epoch's steps), Keras' Adam.
+# Named readings of the paper's open choices (configs/README.md, protocol table): shorthands for several
+# settings. "keras", the default: how a Keras user of the paper's time would have run it: model.fit over
+# batches of 2B ([B; B']), "the training loss" as fit's epoch-end logs["loss"] (the mean NE loss of the
+# epoch's steps), Keras' Adam. "eq1": L(w) of Eq. (1) over the whole training set every 50 steps, B and B'
+# drawn independently each step, PyTorch's Adam (nerepro's default before the protocol study).
 PROTOCOLS = {"keras": {"check_every": "epoch", "stop_loss": "ne_epoch_mean", "sampling": "paired",
-                       "adam_update": "keras"}}
+                       "adam_update": "keras"},
+             "eq1": {"check_every": 50, "stop_loss": "full", "sampling": "independent", "adam_update": "pytorch"}}
+DEFAULT_PROTOCOL = "keras"
 STOP_LOSSES = ("full", "epoch_mean", "ne_epoch_mean")
 SAMPLINGS = ("independent", "epoch", "paired")
 
@@ -42,8 +46,9 @@ class RunConfig:
     optimizer: str = "adam"  # (id) "adam" (Sec. 3) or "sgd"
     lr: float | None = None  # (id) initial learning rate; None -> Keras' default for the optimizer
     adam_eps: float = 1e-7  # (id) Keras' Adam epsilon (PyTorch's default is 1e-8)
-    adam_update: str = "pytorch"  # (id) where eps enters Adam's step: "pytorch" (to sqrt(v_hat)) or "keras" (to sqrt(v))
-    check_every: int | str = 50  # (id) steps between checks of the training loss, or "epoch": at each epoch's end
+    # The four readings below default to the Keras reading (PROTOCOLS["keras"]); --protocol eq1 names the other.
+    adam_update: str = "keras"  # (id) where eps enters Adam's step: "pytorch" (to sqrt(v_hat)) or "keras" (to sqrt(v))
+    check_every: int | str = "epoch"  # (id) steps between checks of the training loss, or "epoch": at each epoch's end
     max_steps: int = 100_000  # (id) a run not below L** by then ends as not_converged
     subset: int | None = None  # (id) train on the first N training samples only (quick runs, tests)
     l_star: float | None = None  # (id) loss that halves the learning rate; None -> Table 1
@@ -54,8 +59,8 @@ class RunConfig:
     check_gate: float = 4.0  # (id) full checks every check_every steps once the mean minibatch loss < gate x target; 0 = always
     check_budget: float = 0.02  # (id) before that, full checks only within this share of the training compute
     precision: str = "fp32"  # (id) "fp32" (TF32 convolutions on CUDA), "tf32" (TF32 matmuls too) or "bf16"
-    stop_loss: str = "full"  # (id) the loss L* and L** are read on: "full" (Eq. 1), "epoch_mean", "ne_epoch_mean"
-    sampling: str = "independent"  # (id) how B and B' are drawn: "independent", "epoch", "paired"
+    stop_loss: str = "ne_epoch_mean"  # (id) the loss L* and L** are read on: "full" (Eq. 1), "epoch_mean", "ne_epoch_mean"
+    sampling: str = "paired"  # (id) how B and B' are drawn: "independent", "epoch", "paired"
     reference: str = "minibatch"  # (id) what replaces grad L in Eq. (5): "minibatch" B' (Eq. 6) or "full" grad L
     sampler_version: int = SAMPLER_VERSION  # (id) the minibatch sampler's rule (sampling.py); only the current runs
     compile: str = "auto"  # "auto" (torch.compile for C1/C2 on CUDA) | "off" | "default" | "reduce-overhead"; not in the id
@@ -240,7 +245,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown sampling {cfg.sampling!r}: choose one of {', '.join(SAMPLINGS)}")
     if cfg.reference == "full" and (cfg.stop_loss == "ne_epoch_mean" or cfg.sampling != "independent"):
         raise ConfigError("--reference full draws no B': use it with --stop-loss full or epoch_mean and "
-                          "--sampling independent")
+                          "--sampling independent (e.g. --protocol eq1)")
     if cfg.sampler_version != SAMPLER_VERSION:
         raise ConfigError(f"sampler version {cfg.sampler_version!r} no longer runs (version 1 drew different "
                           f"minibatches on each device; its records stay readable): use {SAMPLER_VERSION}")

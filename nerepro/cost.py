@@ -131,4 +131,43 @@ def estimated_device_bytes(cfg: RunConfig) -> float:
     if cfg.effective_reference == "full":
         step_samples = max(cfg.batch_size, min(cfg.check_chunk, n_train(cfg)))
     activations = step_samples * activation_bytes_per_sample(cfg.network, cfg.precision)
+    if cfg.precision == "fp64":  # a float64 copy of the inputs beside the cached fp32 ones; 8-byte tensors
+        data, weights, activations = 3 * data, 2 * weights, 2 * activations
     return data + weights + activations + DEVICE_OVERHEAD
+
+
+@lru_cache(maxsize=None)
+def flop_per_sample(network: str) -> float:
+    """Training FLOP of one sample (bench.training_flops_per_sample: F1 ~10.6 M, C1 ~1.6 G, C2 ~1.9 G)."""
+    from .bench import training_flops_per_sample
+
+    return training_flops_per_sample(network)
+
+
+def estimated_flop(cfg: RunConfig, reference: dict | None = None) -> float:
+    """Training FLOP a run is expected to take in its conv and linear layers (loss checks not counted)."""
+    return estimated_samples(cfg, reference) * flop_per_sample(cfg.network)
+
+
+def measured_throughput(records: list[dict]) -> Throughput:
+    """A Throughput from finished records, each run charged its share of its pack's wall time (a packed run's
+    `wall_s` is the pack's), so that the seconds it gives add up to device time across runs."""
+    throughput = Throughput()
+    for record in records:
+        if record.get("wall_s"):
+            record = {**record, "wall_s": record["wall_s"] / max(1, record.get("pack_size") or 1)}
+        throughput.add(record)
+    return throughput
+
+
+def estimated_seconds(cfg: RunConfig, throughput: Throughput | None = None,
+                      rates: dict[str, float] | None = None) -> tuple[float | None, str | None]:
+    """Seconds a run should take on one device, and the figure they come from: a training throughput given
+    for its network or its precision (`rates`, TFLOP/s; the network's wins), turning its FLOP into time; else
+    the speed measured on finished runs (`throughput`, "measured"); else (None, None), unknown."""
+    rates = rates or {}
+    name = cfg.network if cfg.network in rates else cfg.precision if cfg.precision in rates else None
+    if name is not None:
+        return estimated_flop(cfg) / (rates[name] * 1e12), f"{name}={rates[name]:g}"
+    seconds = throughput.seconds(cfg) if throughput is not None else None
+    return (seconds, "measured") if seconds is not None else (None, None)

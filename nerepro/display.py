@@ -7,16 +7,21 @@ import time
 
 from tqdm import tqdm
 
+from .train import READING_NAMES
+
 
 def summary_line(record: dict, path=None) -> str:
-    """One line per finished run: id, status, step, losses, accuracy, wall time."""
+    """One line per finished run: id, status, step, the reading the run stopped on (named) with L(w) of
+    Eq. (1) beside it where that reading is another, accuracy, wall time."""
     if record["status"] == "error":
         return f"{record['run_id']}: error: {record.get('error', '?')}"
     loss, acc = record.get("train_loss"), record.get("test_acc")
+    reading = READING_NAMES.get(record.get("stop_loss", "full"), "train loss")
     parts = [f"{record['run_id']}: {record['status']} at step {record['steps']}",
-             f"train loss {loss:.4g}" if loss is not None else "train loss n/a",
-             f"test acc {acc:.2f}%" if acc is not None else "test acc n/a",
-             f"{record.get('wall_s', 0):.1f} s"]
+             f"{reading} {loss:.4g}" if loss is not None else f"{reading} n/a"]
+    if reading != READING_NAMES["full"] and record.get("train_loss_full") is not None:
+        parts[-1] += f" (L(w) {record['train_loss_full']:.4g})"
+    parts += [f"test acc {acc:.2f}%" if acc is not None else "test acc n/a", f"{record.get('wall_s', 0):.1f} s"]
     return ", ".join(parts) + (f" -> {path}" if path else "")
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
 
 
@@ -29,8 +29,8 @@ def channels_last(network: str, device: torch.device) -> bool:
     return device.type == "cuda" and network in ("C1", "C2")
 
 
-def place(model: nn.Module, network: str, device: torch.device) -> nn.Module:
-    model = model.to(device)
+def place(model: nn.Module, network: str, device: torch.device, precision: str = "fp32") -> nn.Module:
+    model = model.to(device, dtype(precision))
     return model.to(memory_format=torch.channels_last) if channels_last(network, device) else model
 
 
@@ -64,8 +64,20 @@ def compiled(model: nn.Module, mode: str, backend: str | Callable = "inductor"):
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False, backend=backend)
 
 
+def dtype(precision: str) -> torch.dtype:
+    """The dtype of a run's weights, inputs and optimizer state: float64 for "fp64" (a numerical reference,
+    with which two computations of one run agree to float64 rounding over a whole run), else float32."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Logits and losses are computed in fp32 or wider: bf16 goes up to fp32, fp64 stays fp64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast for the network body; weights, optimizer state, logits and loss stay fp32."""
+    """bf16 autocast for the network body; weights, optimizer state, logits and loss stay fp32 (fp64: no
+    autocast, everything float64)."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -1,13 +1,16 @@
-"""Figures 1-3 of the paper rebuilt from result files (and Fig. 3 against samples processed)."""
+"""Figures 1-3 of the paper rebuilt from result files (and Fig. 3 against samples processed), and each
+reading's runs at the rows of Tables 2-3 against the paper's spread (the protocol study)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .protocol import WITHIN, protocol_runs
 from .report import Results, large_batch_size, summarize
 
 TIME_AXES = {"convergence_steps": "convergence time (steps)", "samples_processed": "samples processed to L**"}
@@ -90,25 +93,95 @@ def figure_3(results: Results, variant: str, time_axis: str = "convergence_steps
     return fig
 
 
+def figure_protocol(results: Results) -> Figure | None:
+    """Each reading's convergence steps (left) and test accuracy (right) at each row of Tables 2-3 that has
+    runs, against the paper's mean ± 2σ band (grey; WITHIN paper stds, protocol.py's criterion): every
+    converged run a dot, the reading's mean ± std a diamond. Table 3 gives no steps: no band there. None
+    when no run sits at a row of Tables 2-3."""
+    runs = protocol_runs(results)
+    if runs.empty:
+        return None
+    points = list(dict.fromkeys(zip(runs["network"], runs["alpha"], runs["batch_size"], runs["table"])))
+    readings = [list(dict.fromkeys(runs.loc[(runs["network"] == n) & (runs["alpha"] == a) & (runs["batch_size"] == b),
+                                            "reading"])) for n, a, b, _ in points]
+    fig = Figure(figsize=(12, sum(0.45 * len(r) + 1.2 for r in readings) + 0.6), layout="constrained")
+    axes = fig.subplots(len(points), 2, squeeze=False,
+                        gridspec_kw={"height_ratios": [0.45 * len(r) + 1.2 for r in readings]})
+    colors = {name: f"C{i % 10}" for i, name in enumerate(results.variants())}  # a reading keeps its colour
+    jitter = np.random.default_rng(0)  # spreads a reading's dots vertically; fixed so that figures are stable
+    for row, (network, alpha, b, table), names in zip(axes, points, readings):
+        here = runs[(runs["network"] == network) & (runs["alpha"] == alpha) & (runs["batch_size"] == b)]
+        for ax, metric, label in ((row[0], "convergence_steps", "convergence steps"),
+                                  (row[1], "test_acc", "test accuracy (%)")):
+            mean, std = here[f"paper_{metric}_mean"].iloc[0], here[f"paper_{metric}_std"].iloc[0]
+            if pd.notna(mean):
+                ax.axvspan(mean - WITHIN * std, mean + WITHIN * std, facecolor="0.88", edgecolor="0.6",
+                           label=f"paper mean ± {WITHIN:g}σ")
+                ax.axvline(mean, color="0.45", lw=1)
+            else:
+                ax.text(0.5, 0.98, f"{table} gives no {label}", transform=ax.transAxes, ha="center", va="top",
+                        fontsize=8, color="0.4")
+            for y, name in enumerate(names):
+                values = here.loc[here["reading"] == name, metric].dropna()
+                color = colors[name]
+                ax.scatter(values, y + jitter.uniform(-0.15, 0.15, len(values)), s=14, alpha=0.6, color=color)
+                if len(values):
+                    ax.errorbar(values.mean(), y, xerr=values.std(ddof=1) if len(values) > 1 else 0, fmt="D", ms=6,
+                                capsize=3, color=color, markeredgecolor="black")
+            ax.margins(x=0.08)  # the band's edges stay in view
+            ax.set_ylim(len(names) - 0.5, -0.5)
+            ax.set_yticks(range(len(names)))
+            ax.set_xlabel(label)
+            ax.grid(True, axis="x", alpha=0.3)
+        counts = [f"{name} (n = {here.loc[here['reading'] == name, 'convergence_steps'].notna().sum()}/"
+                  f"{(here['reading'] == name).sum()})" for name in names]
+        row[0].set_yticklabels(counts, fontsize=8)
+        row[1].set_yticklabels([])
+        row[0].set_title(f"{network}, α = {alpha:g}, B = {b} ({table})", loc="left", fontsize=10)
+    fig.suptitle("Each reading at the rows of Tables 2-3: every converged run (dots), mean ± std (diamonds)\n"
+                 f"against the paper's mean ± {WITHIN:g}σ (grey band, line: its mean); n = converged/runs")
+    return fig
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60]
 
 
+FIGURES = {"fig1": (figure_1, "Fig. 1: C1, test accuracy and convergence steps against B for each α"),
+           "fig2": (figure_2, "Fig. 2: F1 and C2, test accuracy and convergence steps against B for each α"),
+           "fig3": (figure_3, "Fig. 3: test accuracy against convergence steps, smaller B at α = 1 (circles) vs "
+                              "larger α at B = 5000 (triangles)"),
+           "fig3_samples": (lambda r, v: figure_3(r, v, "samples_processed"),
+                            "Fig. 3 against samples processed (each NE step reads 2B): the compute-fair view")}
+PROTOCOL_FIGURE = "protocol"
+
+
+def figure_stems(results: Results) -> list[tuple[str, str, str]]:
+    """(file stem, FIGURES key, variant) of every figure write_figures makes, without the extension: the
+    first variant's figures are fig1..., the others' carry the variant as a suffix (fig1-stop-loss-...). Only
+    variants with runs at two batch sizes or more get figures: Figs. 1-3 are curves over B (a variant run at
+    one point, as the readings study's, is in Tables 2-3 and the protocol figure)."""
+    runs = results.runs
+    curves = [v for v in results.variants() if runs.loc[runs["variant"] == v, "batch_size"].nunique() >= 2]
+    return [(f"{name}{'' if i == 0 else '-' + _slug(variant)}", name, variant)
+            for i, variant in enumerate(curves) for name in FIGURES]
+
+
 def write_figures(results: Results, out: Path) -> list[str]:
-    """Write fig1, fig2, fig3 and fig3_samples as PNG and PDF; returns one line per figure written or skipped."""
+    """Write fig1, fig2, fig3, fig3_samples (per variant) and protocol as PNG and PDF; returns one line per
+    figure written or skipped."""
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    variants = results.variants()
-    makers = {"fig1": figure_1, "fig2": figure_2, "fig3": figure_3,
-              "fig3_samples": lambda r, v: figure_3(r, v, "samples_processed")}
-    for i, variant in enumerate(variants):
-        suffix = "" if i == 0 else f"-{_slug(variant)}"
-        for name, make in makers.items():
-            fig = make(results, variant)
-            if fig is None:
-                lines.append(f"skipped {name}{suffix}: no converged runs of its networks ({variant})")
-                continue
-            for ext in ("png", "pdf"):
-                fig.savefig(out / f"{name}{suffix}.{ext}", dpi=150)
-            lines.append(f"wrote {out / name}{suffix}.png and .pdf ({variant})")
+    makers = [(stem, lambda n=name, v=variant: FIGURES[n][0](results, v), variant)
+              for stem, name, variant in figure_stems(results)]
+    makers.append((PROTOCOL_FIGURE, lambda: figure_protocol(results), "each reading at the rows of Tables 2-3"))
+    for stem, make, variant in makers:
+        fig = make()
+        if fig is None:
+            lines.append(f"skipped {stem}: " + ("no runs at a row of Tables 2-3" if stem == PROTOCOL_FIGURE else
+                                                f"no converged runs of its networks ({variant})"))
+            continue
+        for ext, metadata in (("png", None), ("pdf", {"CreationDate": None})):  # no date: a rebuild is byte-equal
+            fig.savefig(out / f"{stem}.{ext}", dpi=150, metadata=metadata)
+        lines.append(f"wrote {out / stem}.png and .pdf ({variant})")
     return lines

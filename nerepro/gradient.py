@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fastpath import at_least_fp32
 from .models import ghost_batch_sizes
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> per-sample losses
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), targets, reduction="none")
+    return F.cross_entropy(at_least_fp32(logits), targets, reduction="none")
 
 
 def ne_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_first: int, alpha: float,

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RunConfig
+from .fastpath import at_least_fp32
 from .models import MLP
 from .schedule import LossCheck
 
@@ -70,13 +71,13 @@ def pack_logits(stacks: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor
                 ) -> torch.Tensor:
     """Logits (R, n, classes) of R MLPs given as their `stacked_layers`: on their own inputs x (R, n, ...), or
     with `shared` on the same x (n, ...). Hidden layers follow the autocast dtype; the output layer runs in
-    fp32, as `fp32_output` does."""
+    fp32 or wider (fp64 runs), as `fp32_output` does."""
     h = x.reshape(x.shape[0], -1) if shared else x.reshape(x.shape[0], x.shape[1], -1)
     for depth, (weight, bias) in enumerate(stacks):
         last = depth == len(stacks) - 1
         with torch.autocast(x.device.type, enabled=False) if last else contextlib.nullcontext():
             if last:
-                h, weight, bias = h.float(), weight.float(), bias.float()
+                h, weight, bias = at_least_fp32(h), at_least_fp32(weight), at_least_fp32(bias)
             if h.dim() == 2:  # a shared input: one matmul against every run's weights, bias in the same op
                 runs, width = weight.shape[:2]
                 h = F.linear(h, weight.flatten(0, 1), bias.flatten()).view(len(h), runs, width).transpose(0, 1)
@@ -94,7 +95,7 @@ def pack_objective(models: list[MLP], x: torch.Tensor, y: torch.Tensor, n_first:
     The runs share no weights, so `backward_pack` gives each run alpha grad L_B + (1 - alpha) grad L_B'."""
     stacks = stacked_layers(models, leaves=True)
     logits = pack_logits(stacks, x)
-    per_sample = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
+    per_sample = F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), y.flatten(), reduction="none").view(y.shape)
     loss_b = per_sample[:, :n_first].mean(1)
     objective = loss_b if y.shape[1] == n_first else \
         alphas * loss_b + (1 - alphas) * per_sample[:, n_first:].mean(1)  # alpha = 1 reads B only
@@ -124,7 +125,7 @@ def pack_dataset_loss(models: list[MLP], x: torch.Tensor, y: torch.Tensor, chunk
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             logits = pack_logits(stacks, x[start:end], shared=True)
-            losses = F.cross_entropy(logits.flatten(0, 1).float(), y[start:end].repeat(len(active)),
+            losses = F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), y[start:end].repeat(len(active)),
                                      reduction="none").view(len(active), -1).sum(1).double()
             totals[active] += losses
             if end < n and any(stop_at[i] is not None for i in active):

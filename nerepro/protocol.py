@@ -3,7 +3,8 @@
 configs/protocol.toml runs the F1 rows of Table 2 (alpha = 1 at B = 900, alpha = 1.5 at B = 2000) and of
 Table 3 (alpha = 3 at B = 5000) under every combination of --stop-loss and --sampling. A reading is
 within the paper when |ours - paper| <= 2 x the paper's std, for test accuracy and convergence steps
-(Table 3 gives no steps: accuracy only there).
+(Table 3 gives no steps: accuracy only there). protocol_runs gives the runs behind it, at every row of
+Tables 2-3 that has runs (C1's and C2's too), for the report's protocol figure (figures.figure_protocol).
 """
 
 from __future__ import annotations
@@ -32,6 +33,44 @@ def paper_values() -> dict:
         key = (r["network"], float(r["alpha"]), int(r["batch_size"]))
         values.setdefault(key, ((float(r["test_acc_mean"]), float(r["test_acc_std"])), None))
     return values
+
+
+def paper_rows() -> list[tuple[str, float, int, str]]:
+    """Every row of Tables 2 and 3 as (network, alpha, B, table): F1's first (POINTS), then C1's and C2's;
+    Table 3's "without NE" rows are Table 2's alpha = 1 rows and appear once, as Table 2's."""
+    table_2_keys = {(r["network"], float(r["alpha"]), int(r["b_opt"])) for r in table_2()}
+    order = {"F1": 0, "C1": 1, "C2": 2}
+    return sorted(((*key, "Table 2" if key in table_2_keys else "Table 3") for key in paper_values()),
+                  key=lambda r: (order.get(r[0], 3), r[3], r[1]))
+
+
+def protocol_runs(results: Results) -> pd.DataFrame:
+    """One row per run at a row of Tables 2 and 3 (F1's POINTS, and C1/C2 rows where records exist): its
+    reading (the variant, as in protocol_table), status, convergence steps and test accuracy, and the
+    paper's mean and std there (steps NaN for Table 3, which gives none). Readings appear in
+    results.variants() order, points in paper_rows() order."""
+    paper = paper_values()
+    order = {v: i for i, v in enumerate(results.variants())}
+    frames = []
+    for network, alpha, b, table in paper_rows():
+        runs = results.runs[(results.runs["network"] == network) & (results.runs["alpha"] == alpha)
+                            & (results.runs["batch_size"] == b)]
+        if runs.empty:
+            continue
+        (acc_mean, acc_std), steps = paper[(network, alpha, b)]
+        frames.append(pd.DataFrame({
+            "reading": runs["variant"], "network": network, "alpha": alpha, "batch_size": b, "table": table,
+            "seed": runs["seed"], "run_id": runs["run_id"], "status": runs["status"],
+            "convergence_steps": pd.to_numeric(runs["convergence_steps"], errors="coerce").where(
+                runs["status"] == "converged"),
+            "test_acc": pd.to_numeric(runs["test_acc"], errors="coerce").where(runs["status"] == "converged"),
+            "paper_convergence_steps_mean": steps[0] if steps else np.nan,
+            "paper_convergence_steps_std": steps[1] if steps else np.nan,
+            "paper_test_acc_mean": acc_mean, "paper_test_acc_std": acc_std}).assign(
+            _order=runs["variant"].map(order)).sort_values(["_order", "seed"], kind="stable"))
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).drop(columns="_order")
 
 
 def protocol_table(results: Results) -> pd.DataFrame:
@@ -74,7 +113,8 @@ def write_protocol(results: Results, out: Path) -> str:
     lines = ["# Which reading reproduces the paper's F1 numbers", "",
              "F1 rows of Table 2 (alpha = 1, B = 900; alpha = 1.5, B = 2000) and Table 3 (alpha = 3, B = 5000) under "
              "each reading of 'the training loss' (`stop_loss`) and of the sampling of B and B' (`sampling`); "
-             "'paper protocol' is nerepro's default (full, independent). Within 2σ: |ours − paper| ≤ 2 × the "
+             "'protocol=keras (default)' is nerepro's default reading (epoch-end mean NE loss, paired halves of a 2B "
+             "batch, Keras' Adam); 'protocol=eq1' reads L(w) of Eq. (1) every 50 steps. Within 2σ: |ours − paper| ≤ 2 × the "
              "paper's std for convergence steps and test accuracy (Table 3 gives no steps).", "",
              markdown(head, rows) if rows else "_no runs at these points_", ""]
     if results.provenance():

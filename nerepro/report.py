@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ResultsError
-from .results import IDENTITY, load_records, records_frame, variant_aliases
+from .results import DEFAULT_VARIANT, IDENTITY, load_records, records_frame, variant_aliases
 
 PAPER_B_GRID = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 2000, 3000, 5000)
 PAPER_SEEDS = 10
@@ -50,10 +50,10 @@ class Results:
         return f"Provenance: the runs come from {commits.nunique()} commits: {', '.join(parts)}."
 
     def variants(self) -> list[str]:
-        """Protocol variants present, the one with most runs first ('paper protocol' = all defaults), ties
-        with 'paper protocol' first, then by name."""
+        """Protocol variants present, the one with most runs first (DEFAULT_VARIANT = all defaults), ties
+        with DEFAULT_VARIANT first, then by name."""
         counts = self.runs["variant"].value_counts()
-        return sorted(counts.index, key=lambda v: (-counts[v], v != "paper protocol", v))
+        return sorted(counts.index, key=lambda v: (-counts[v], v != DEFAULT_VARIANT, v))
 
 
 def load_results(root: Path | str) -> Results:

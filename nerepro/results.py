@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import LATER_FIELDS, PROTOCOLS, RunConfig
+from .config import DEFAULT_PROTOCOL, LATER_FIELDS, PROTOCOLS, RunConfig
 from .errors import ResultsError
 from .record import read_record, remove_stale_temp_files, write_json_atomic
 
@@ -27,8 +27,10 @@ from .record import read_record, remove_stale_temp_files, write_json_atomic
 CONFIG_COLUMNS = ("max_steps", "l_star", "l_star_star")
 PROVENANCE_COLUMNS = ("device", "git_commit", "git_dirty", "torch", "nerepro")
 IDENTITY = ("network", "alpha", "batch_size", "seed")
-# At alpha = 1 these readings coincide (config.py): such runs also belong to the variant naming the other
-ALPHA_ONE_ALIASES = (("stop_loss=epoch_mean", "stop_loss=ne_epoch_mean"), ("sampling=epoch", "sampling=paired"))
+# variant parts that an alpha = 1 run without them also stands for: its ne_epoch_mean is epoch_mean and its
+# paired sampling epoch sampling (the defaults' values at alpha = 1)
+ALPHA_ONE_ALIASES = {"stop_loss=epoch_mean", "sampling=epoch"}
+DEFAULT_VARIANT = "protocol=keras (default)"  # the variant of runs at nerepro's defaults: the Keras reading
 
 
 class ResultsDir:
@@ -122,8 +124,9 @@ def load_records(root: Path | str) -> tuple[list[dict], list[str]]:
 
 
 def variant_of(record: dict) -> str:
-    """The settings of a record that differ from the paper's defaults, besides network, alpha, B and seed:
-    the report never pools runs of different variants."""
+    """The settings of a record that differ from nerepro's defaults (the Keras reading), besides network,
+    alpha, B and seed: the report never pools runs of different variants. Runs at the defaults are
+    DEFAULT_VARIANT; a named reading's settings (config.PROTOCOLS, e.g. eq1) are named by it."""
     config = {**LATER_FIELDS, **(record.get("config") or {})}  # a record older than a field ran its legacy value
     try:
         default = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"])).result_fields()
@@ -132,29 +135,35 @@ def variant_of(record: dict) -> str:
     default = {**LATER_FIELDS, **default}  # fields added later are omitted from result_fields at their default
     diffs = {k: config[k] for k in default if k not in IDENTITY and k in config and config[k] != default[k]}
     labels = []
-    for name, settings in PROTOCOLS.items():  # a named protocol's settings, as they take effect, by its name
+    for name, settings in PROTOCOLS.items():  # a named reading's settings, as they take effect, by its name
+        if name == DEFAULT_PROTOCOL:
+            continue  # its settings are the defaults
         preset = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"]), **settings)
-        named = {k: v for k, v in preset.result_fields().items() if k in settings}
-        if all(diffs.get(k) == v for k, v in named.items()):
+        named = {k: v for k, v in {**LATER_FIELDS, **preset.result_fields()}.items() if k in settings}
+        if all(diffs.get(k, default[k]) == v for k, v in named.items()) and any(k in diffs for k in named):
             labels.append(f"protocol={name}")
             diffs = {k: v for k, v in diffs.items() if k not in named}
     labels += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in diffs.items()]
-    return ", ".join(labels) or "paper protocol"
+    return ", ".join(labels) or DEFAULT_VARIANT
 
 
 def variant_aliases(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add a copy of each alpha = 1 run to every variant it also stands for (ne_epoch_mean, paired), when
-    runs with alpha != 1 of that variant exist, so those variants have their alpha = 1 rows."""
+    """Add a copy of each alpha = 1 run to every variant it also stands for, when runs with alpha != 1 of that
+    variant exist, so those variants have their alpha = 1 rows: at alpha = 1 ne_epoch_mean is epoch_mean and
+    paired sampling is epoch sampling, so a run there stands for both readings of each."""
     present = set(frame.loc[frame["alpha"] != 1, "variant"])
     copies = []
     for _, row in frame[frame["alpha"] == 1].iterrows():
-        labels = {row["variant"]}
-        for plain, alias in ALPHA_ONE_ALIASES:
-            labels |= {label.replace(plain, alias) for label in labels}
-        for label in labels - {row["variant"]}:
-            if label in present:
+        own = _parts(row["variant"])
+        for label in present - {row["variant"]}:
+            extra = _parts(label) - own
+            if own <= _parts(label) and extra and extra <= ALPHA_ONE_ALIASES:
                 copies.append(row.copy().to_dict() | {"variant": label})
     return pd.concat([frame, pd.DataFrame(copies)], ignore_index=True) if copies else frame
+
+
+def _parts(variant: str) -> set[str]:
+    return set() if variant == DEFAULT_VARIANT else set(variant.split(", "))
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:

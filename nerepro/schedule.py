@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fastpath import at_least_fp32
+
 
 class Action(str, Enum):
     CONTINUE = "continue"
@@ -47,13 +49,13 @@ class EpochWindow:
     epoch) of each of `runs` runs trained in step (a pack), kept on the device: the `epoch_mean` and
     `ne_epoch_mean` readings of "the training loss"."""
 
-    def __init__(self, size: int, device: torch.device, runs: int = 1):
+    def __init__(self, size: int, device: torch.device, runs: int = 1, dtype: torch.dtype = torch.float32):
         self.size, self.count = size, 0
-        self.values = torch.zeros(runs, 2, size, device=device)
+        self.values = torch.zeros(runs, 2, size, device=device, dtype=dtype)
 
     def add(self, loss_b: torch.Tensor, loss_ne: torch.Tensor) -> None:
         """One step's losses: scalars for one run, (runs,) tensors for a pack."""
-        self.values[:, :, self.count % self.size] = torch.stack([loss_b.float(), loss_ne.float()], -1).view(-1, 2)
+        self.values[:, :, self.count % self.size] = torch.stack([loss_b, loss_ne], -1).to(self.values.dtype).view(-1, 2)
         self.count += 1
 
     def means(self, ne: bool) -> list[float]:
@@ -94,7 +96,7 @@ def dataset_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int,
         n = len(x)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            total += F.cross_entropy(model(x[start:end]).float(), y[start:end], reduction="sum").double()
+            total += F.cross_entropy(at_least_fp32(model(x[start:end])), y[start:end], reduction="sum").double()
             if stop_at is not None and end < n:
                 partial = total.item() / n
                 if not math.isfinite(partial):
@@ -115,7 +117,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) -> 
         loss = torch.zeros((), dtype=torch.float64, device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
         for start in range(0, len(x), chunk):
-            logits = model(x[start:start + chunk]).float()
+            logits = at_least_fp32(model(x[start:start + chunk]))
             target = y[start:start + chunk]
             loss += F.cross_entropy(logits, target, reduction="sum").double()
             correct += (logits.argmax(1) == target).sum()

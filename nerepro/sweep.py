@@ -18,8 +18,10 @@ import torch
 from . import data as datasets
 from .config import RunConfig
 from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes
-from .errors import ConfigError
-from .record import provenance
+from .errors import ConfigError, ResultsError
+from .faults import (CUDA_EXIT, CUDA_RETRIES, BrokenContext, cuda_failures, log_events, log_size,
+                     sticky_cuda_error)
+from .record import provenance, read_record
 from .results import ResultsDir
 from .pack import pack_key, packable
 from .train import OutOfTime, resolve_device, train_pack
@@ -54,8 +56,15 @@ def error_record(cfg: RunConfig, exc: BaseException, device: str = "cpu") -> dic
         "run_id": cfg.run_id, "network": cfg.network, "alpha": float(cfg.alpha), "batch_size": cfg.batch_size,
         "seed": cfg.seed, "subset": cfg.subset, "status": "error", "error": f"{type(exc).__name__}: {exc}",
         "traceback": "".join(traceback.format_exception(exc))[-4000:],
-        "config": cfg.record_config(), "provenance": provenance(where),
+        "config": cfg.record_config(), "provenance": _provenance(where),
     }
+
+
+def _provenance(device: torch.device) -> dict:
+    try:
+        return provenance(device)
+    except RuntimeError:  # a broken CUDA context may refuse even a device query
+        return {**provenance(torch.device("cpu")), "device": str(device), "device_type": device.type}
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -108,9 +117,13 @@ def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_ev
     the records of those that ended; with `write`, each record is written the moment its run ends. An
     exception becomes an `error` record for every run it stopped, except in a pack: its unfinished runs
     then continue alone, each from its checkpoint (packs are the younger code path; a failure of theirs
-    must not cost the runs). Runs paused at the deadline give no record (their checkpoints continue them)."""
+    must not cost the runs). Runs paused at the deadline give no record (their checkpoints continue them).
+    A CUDA error that breaks the process's context (sticky_cuda_error) raises BrokenContext instead: the
+    runs it stopped are logged `cuda-error` and left to a fresh worker, except those it already stopped
+    CUDA_RETRIES times, which get their `error` record."""
     ended: list[dict] = []
     alone: list[RunConfig] = []
+    retry: list[str] | None = None  # set when a CUDA error broke this process's context
 
     def deliver(record: dict) -> None:
         if write:
@@ -145,9 +158,21 @@ def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_ev
         except Exception as e:  # noqa: BLE001
             finished = {r["run_id"] for r in ended}
             rest = [cfg for cfg in cfgs if cfg.run_id not in finished]
-            if len(cfgs) > 1:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if sticky_cuda_error(e):  # nothing more can run in this process, alone or not
+                retry = []
+                for cfg in rest:
+                    results.log(f"cuda-error:{type(e).__name__}", cfg.run_id)
+                    if cuda_failures(results, cfg.run_id) > CUDA_RETRIES:
+                        deliver(error_record(cfg, e, cfg.device))
+                    else:
+                        retry.append(cfg.run_id)
+                if on_event:
+                    on_event("note", {"message": f"{reason}: this worker's CUDA context is broken and it exits; "
+                                                 f"{len(retry)} runs retry in a fresh worker, "
+                                                 f"{len(rest) - len(retry)} failed their retry (error records)"})
+            elif len(cfgs) > 1:
                 alone = rest
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 for cfg in rest:
                     results.log(f"pack-failed:{type(e).__name__}", cfg.run_id)
                 if on_event:
@@ -157,11 +182,16 @@ def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_ev
                 for cfg in rest:
                     deliver(error_record(cfg, e, cfg.device))
         finally:  # the exception (and the runs' frames it holds) is gone here
-            if device.type == "cuda":  # hand the runs' memory back before the gate counts it free
+            if device.type == "cuda" and retry is None:  # hand the runs' memory back before the gate counts it
                 gc.collect()
                 torch.cuda.empty_cache()
-    for cfg in alone:  # outside the pack's share of the gate: each holds its own
-        ended += run_pack([cfg], results, cache, on_event, checkpoint_every_s, deadline, gate, write)
+    if retry is not None:
+        raise BrokenContext(ended, retry)
+    for i, cfg in enumerate(alone):  # outside the pack's share of the gate: each holds its own
+        try:
+            ended += run_pack([cfg], results, cache, on_event, checkpoint_every_s, deadline, gate, write)
+        except BrokenContext as e:
+            raise BrokenContext(ended + e.records, e.retry + [c.run_id for c in alone[i + 1:]]) from None
     return ended
 
 
@@ -287,8 +317,13 @@ def _worker_run(unit: list[RunConfig], root: str, deadline: float | None) -> lis
     unit = [dataclasses.replace(cfg, device=_WORKER["device"]) for cfg in unit]
     events = _WORKER["events"]
     on_event = lambda kind, payload: events.put((kind, payload))  # noqa: E731
-    return claim_and_run(unit, ResultsDir(root), _WORKER["cache"], on_event, _WORKER["checkpoint_every_s"],
-                         deadline=deadline, gate=_WORKER["gate"])
+    try:
+        return claim_and_run(unit, ResultsDir(root), _WORKER["cache"], on_event, _WORKER["checkpoint_every_s"],
+                             deadline=deadline, gate=_WORKER["gate"])
+    except BrokenContext:  # its records are written; every CUDA call here would fail from now on
+        events.close()
+        events.join_thread()  # the notes reach the sweep before the worker goes
+        os._exit(CUDA_EXIT)  # the pool breaks; run_local starts fresh workers for the runs left
 
 
 def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
@@ -296,8 +331,12 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
               max_restarts: int = 3, deadline: float | None = None) -> list[dict]:
     """Run `runs` (runs, or packs of runs: `form_packs`; in the order given) in one worker process per slot,
     or in this process if there is one slot; each worker keeps its datasets on its device. A pool whose
-    worker died is restarted. With a `deadline`, packs that cannot finish by then are not started and
-    running ones pause in their checkpoints."""
+    worker died is restarted (at most `max_restarts` times, not counting workers that exit on a CUDA error
+    that broke their context: each run causes at most CUDA_RETRIES + 1 of those). With one slot, a CUDA error
+    that breaks this process's context hands the runs left to a worker process, one at a time, as with one
+    slot of a pool: the failed runs are retried there, and no later run fails for an earlier one's error.
+    With a `deadline`, packs that cannot finish by then are not started and running ones pause in their
+    checkpoints."""
     import multiprocessing as mp
     import queue
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -317,7 +356,11 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
             if on_event:
                 on_event("done", record)
 
-    if len(names) == 1:  # one worker: this process is it
+    def note(message: str) -> None:
+        if on_event:
+            on_event("note", {"message": message})
+
+    if len(names) == 1:  # one worker: this process is it, until a CUDA error breaks its context
         cache, previous = DataCache(data_dir), torch.get_num_threads()
         torch.set_num_threads(threads)
         schedule = Schedule(units, deadline, throughput)
@@ -325,32 +368,43 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
             while (unit := schedule.next()) is not None:
                 done(claim_and_run([dataclasses.replace(cfg, device=names[0]) for cfg in unit], results, cache,
                                    on_event, checkpoint_every_s, deadline=deadline))
+            return finished
+        except BrokenContext as e:
+            done(e.records)
+            results.log("context-broken:fresh-worker")
+            note("this process's CUDA context is broken: a worker process takes the runs left")
+            del cache  # its memory cannot be handed back on a broken context; at least nothing holds it
+            gc.collect()
         finally:
             torch.set_num_threads(previous)
-        return finished
     ctx = mp.get_context("spawn")
     shared = [n for n in set(names) if n.startswith("cuda") and names.count(n) > 1]
-    for attempt in range(max_restarts + 1):
+    restarts = 0
+    while True:
         recorded = results.done() | {r["run_id"] for r in finished}
-        schedule = Schedule([left for unit in units if (left := [c for c in unit if c.run_id not in recorded])],
-                            deadline, throughput)
+        left = [rest for unit in units if (rest := [c for c in unit if c.run_id not in recorded])]
+        # a pack that broke a worker's CUDA context retries as runs alone: the batched path may be the fault
+        left = [part for unit in left for part in ([[c] for c in unit] if len(unit) > 1 and any(
+            cuda_failures(results, c.run_id) for c in unit) else [unit])]
+        schedule = Schedule(left, deadline, throughput)
         if not schedule.queue:
             break
         slot_queue, event_queue = ctx.Queue(), ctx.Queue()
         for name in names:
             slot_queue.put(name)
         gates = {n: MemoryGate(ctx) for n in shared}
+        log_start = log_size(results)
         pool = ProcessPoolExecutor(len(names), mp_context=ctx, initializer=_init_worker,
                                    initargs=(slot_queue, event_queue, threads, data_dir, checkpoint_every_s,
                                              os.getpid(), gates))
+        running: dict = {}  # future -> its pack, until its records are in
         try:
-            futures = set()
             while True:
-                while len(futures) < len(names) and (unit := schedule.next()) is not None:
-                    futures.add(pool.submit(_worker_run, unit, str(results.root), deadline))
-                if not futures:
+                while len(running) < len(names) and (unit := schedule.next()) is not None:
+                    running[pool.submit(_worker_run, unit, str(results.root), deadline)] = unit
+                if not running:
                     break
-                ready, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                ready, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 _drain(event_queue, on_event, queue.Empty)
                 for fut in ready:
                     try:
@@ -359,14 +413,28 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
                         raise
                     except Exception as e:  # noqa: BLE001 - e.g. a record that could not be written
                         results.log(f"failed:{type(e).__name__}")
-                        if on_event:
-                            on_event("note", {"message": f"a run failed outside training: {type(e).__name__}: {e}"})
+                        note(f"a run failed outside training: {type(e).__name__}: {e}")
+                    del running[fut]
             _drain(event_queue, on_event, queue.Empty)
             break
         except BrokenProcessPool:
-            results.log(f"worker-died:attempt-{attempt + 1}")
-            if on_event:
-                on_event("note", {"message": "a worker process died; restarting the pool for the remaining runs"})
+            events = log_events(results, log_start)
+            # the records the dead workers wrote (runs that ended in a pack before a CUDA error, runs that
+            # failed their retry) are this sweep's: the latter must not be retried again in it
+            lost = {c.run_id for unit in running.values() for c in unit} - {r["run_id"] for r in finished}
+            for run_id in sorted({rid for event, rid in events if event.startswith("recorded:")} & lost):
+                with contextlib.suppress(ResultsError):
+                    done([read_record(results.record_path(run_id))])
+            if any(event.startswith("cuda-error") and rid in lost for event, rid in events):
+                _drain(event_queue, on_event, queue.Empty)  # the exiting worker's note (it flushed the queue)
+                results.log("worker-exited:cuda-error")
+                note("a worker exited on a CUDA error; fresh workers take the runs left")
+            else:
+                restarts += 1
+                results.log(f"worker-died:attempt-{restarts}")
+                note("a worker process died; restarting the pool for the remaining runs")
+                if restarts > max_restarts:
+                    break
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     return finished
@@ -390,7 +458,12 @@ def _ray_task(unit: list[RunConfig], root: str, data_dir: str | None, checkpoint
         return []  # scheduled too late: leave it to the next sweep
     unit = [dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu") for cfg in unit]
     cache = _WORKER.setdefault("cache", DataCache(data_dir))  # a CPU worker serves many tasks; a GPU one, one
-    return claim_and_run(unit, ResultsDir(root), cache, None, checkpoint_every_s, write=False, deadline=deadline)
+    try:
+        return claim_and_run(unit, ResultsDir(root), cache, None, checkpoint_every_s, write=False, deadline=deadline)
+    except BrokenContext as e:
+        if not e.retry:  # every run ended or failed its retry (a GPU task's worker exits after it anyway)
+            return e.records
+        os._exit(CUDA_EXIT)  # Ray retries the task in a fresh worker (max_retries); its ended runs are redone
 
 
 def _gpu_memory() -> int:
@@ -417,7 +490,8 @@ def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_pe
     as the cluster has room (so a deadline stops submission, as in the local executor). Where the cluster has
     GPUs a task takes `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no
     GPU is refused), and its worker process exits after it (a fresh CUDA context, data cache and allocator
-    for every task). A task's records are written when it ends."""
+    for every task); a task whose CUDA context broke exits at once and Ray retries it, up to CUDA_RETRIES
+    times per run as in run_local. A task's records are written when it ends."""
     try:
         import ray
     except ImportError:

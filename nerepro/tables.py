@@ -15,6 +15,7 @@ import pandas as pd
 from .config import RunConfig
 from .paper import TABLE_1, table_2 as paper_table_2, table_3 as paper_table_3
 from .report import Results, best_batch_size, grid_batch_sizes, large_batch_size, summarize
+from .results import DEFAULT_VARIANT
 
 TABLE_2_COLUMNS = ["network", "alpha", "b_opt", "test_acc_mean", "test_acc_std", "convergence_steps_mean",
                    "convergence_steps_std", "n", "n_runs", "n_not_converged", "n_diverged", "n_error",
@@ -237,9 +238,9 @@ def write_tables(results: Results, out: Path) -> str:
         for variant, frame, head, rows in sections:
             label = "" if variant is None or len(variants) == 1 else f" ({variant})"
             if variant is not None:
-                md.append(f"Runs: {variant}." + ("" if variant == "paper protocol" else
-                          " These settings differ from the paper's protocol: its numbers are a reference here, "
-                          "not a target."))
+                md.append(f"Runs: {variant}." + (" The default reading." if variant == DEFAULT_VARIANT else
+                          " These settings differ from nerepro's default reading: read the paper's numbers as a "
+                          "reference."))
             md.append(markdown(head, rows) if rows else "_no data_")
             tex.append(latex(head, rows, TITLES[name] + label))
             frames.append(frame.assign(variant=variant) if variant is not None else frame)

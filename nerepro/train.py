@@ -23,7 +23,9 @@ from .record import finite_or_none, git_state, provenance
 from .sampling import PackDraws, make_sampler
 from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
 
-Progress = Callable[[int, str], None]  # called at every check with (step, "L=..." | "L>=..." | "L_B~...")
+Progress = Callable[[int, str], None]  # at every check: (step, loss_text(...)), e.g. "L(w)=..." or "NE epoch mean=..."
+# How a reading of "the training loss" is named where it is shown (progress, end line, reports)
+READING_NAMES = {"full": "L(w)", "epoch_mean": "epoch mean L_B", "ne_epoch_mean": "epoch mean NE loss"}
 CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The record'
 
 
@@ -94,6 +96,8 @@ def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.devic
     if data is None:
         data = datasets.load(datasets.NETWORK_DATASET[cfg.network], data_dir, device)
     data = data.subset(cfg.subset).to(device)
+    if fastpath.dtype(cfg.precision) != data.x_train.dtype:  # fp64 runs read float64 inputs
+        data = data.map_inputs(lambda x: x.to(fastpath.dtype(cfg.precision)))
     if fastpath.channels_last(cfg.network, device):
         data = data.map_inputs(lambda x: fastpath.inputs(x, cfg.network, device))
     if cfg.batch_size > data.n_train:
@@ -152,7 +156,7 @@ def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_di
     for c, path in zip(cfgs, checkpoints):
         model = build_model(c.network, seed=c.seed, ghost_batch_size=c.ghost_batch_size, bn_eps=c.bn_eps,
                             bn_momentum=c.bn_momentum)
-        model = fastpath.place(model, c.network, device).train()
+        model = fastpath.place(model, c.network, device, c.precision).train()
         optimizer = make_optimizer(c, model.parameters(), device)
         window = _window(c, data, device)
         saved = load_checkpoint(path, c.run_id, device) if path else None
@@ -174,8 +178,10 @@ def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_di
                  save_weights, t_start)
 
 
-def _window(cfg: RunConfig, data: datasets.Data, device: torch.device) -> EpochWindow | None:
-    return EpochWindow(cfg.steps_per_epoch(data.n_train), device) if cfg.effective_stop_loss != "full" else None
+def _window(cfg: RunConfig, data: datasets.Data, device: torch.device, runs: int = 1) -> EpochWindow | None:
+    if cfg.effective_stop_loss == "full":
+        return None
+    return EpochWindow(cfg.steps_per_epoch(data.n_train), device, runs, fastpath.dtype(cfg.precision))
 
 
 def _loop(members: list[Member], data: datasets.Data, device: torch.device, progress, checkpoint_every_s: float,
@@ -191,17 +197,19 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
     check_every = cfg.check_interval(data.n_train)
     keras_adam = cfg.optimizer == "adam" and cfg.effective_adam_update == "keras"
     l_star, l_star_star = cfg.target_losses
-    window = None
-    if cfg.effective_stop_loss != "full":  # one window for the pack, its rows the members' saved windows
-        window = EpochWindow(cfg.steps_per_epoch(data.n_train), device, runs=size)
+    window = _window(cfg, data, device, runs=size)  # one window for the pack, its rows the members' saved windows
+    if window is not None:
         for i, m in enumerate(members):
             if m.state.window is not None:
                 window.load_state_dict(m.state.window, run=i)
-    alphas = torch.tensor([m.cfg.alpha for m in members], device=device)
-    minibatch_sum = torch.tensor([m.state.minibatch_sum for m in members], device=device)  # float32, as summed
+    alphas = torch.tensor([m.cfg.alpha for m in members], device=device, dtype=fastpath.dtype(cfg.precision))
+    minibatch_sum = torch.tensor([m.state.minibatch_sum for m in members], device=device,
+                                 dtype=fastpath.dtype(cfg.precision))  # the losses' dtype, as summed
     step, since_check = members[0].state.step, members[0].state.since_check
     draws = PackDraws([m.sampler for m in members])
     records: dict[str, dict] = {}
+    if device.type == "cuda":  # the loop's clock starts on an idle device: set-up kernels are not its time
+        torch.cuda.synchronize(device)
     last_save = t_loop = time.perf_counter()
 
     def save() -> None:
@@ -294,7 +302,7 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
                 state.curve[key].append(value)
             state.check_s += check_s
             if progress:
-                progress(m.cfg.run_id, step, loss_text(loss, exact, minibatch_loss))
+                progress(m.cfg.run_id, step, loss_text(loss, exact, minibatch_loss, m.cfg.effective_stop_loss))
             if action in (Action.STOP, Action.DIVERGE):
                 state.status = "converged" if action is Action.STOP else "diverged"
                 ended.append(i)
@@ -387,11 +395,12 @@ def restore(saved: dict, model, optimizer, window: EpochWindow | None) -> RunSta
     return state
 
 
-def loss_text(loss: float | None, exact: bool, minibatch_loss: float) -> str:
+def loss_text(loss: float | None, exact: bool, minibatch_loss: float, reading: str = "full") -> str:
     """What a check found: the training loss, a lower bound of it (early exit), or only the minibatch mean."""
     if loss is None:
         return f"L_B~{minibatch_loss:.4g}"
-    return f"L={loss:.4g}" if exact else f"L>={loss:.4g}"
+    name = READING_NAMES[reading]
+    return f"{name}={loss:.4g}" if exact else f"{name}>={loss:.4g}"
 
 
 def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: torch.device, test_loss: float,

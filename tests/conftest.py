@@ -13,6 +13,22 @@ import torch
 from nerepro.data import Data
 
 REPO = Path(__file__).resolve().parents[1]
+DECISIONS = ("status", "steps", "convergence_steps", "lr_halved_step")
+EQ1 = dict(stop_loss="full", sampling="independent", adam_update="pytorch")  # the Eq. (1) reading (but its cadence)
+
+
+def assert_same_run(packed, alone, rel=1e-8):
+    """Two float64 computations of one run: every decision at the same step, every loss to float64 rounding
+    (grown by Adam over the run: ~1e-11 measured)."""
+    assert {k: packed[k] for k in DECISIONS} == {k: alone[k] for k in DECISIONS}
+    assert packed["curve"]["step"] == alone["curve"]["step"]
+    assert packed["curve"]["exact"] == alone["curve"]["exact"]  # the same checks ran, gated and exact alike
+    assert packed["curve"]["lr"] == alone["curve"]["lr"]
+    for key in ("minibatch_loss", "train_loss"):  # None where a check was gated off, in both
+        for p, a in zip(packed["curve"][key], alone["curve"][key]):
+            assert (p is None and a is None) or p == pytest.approx(a, rel=rel, nan_ok=True), (key, p, a)
+    assert packed["test_acc"] == alone["test_acc"]
+    assert packed["test_loss"] == pytest.approx(alone["test_loss"], rel=rel)
 
 
 def fashion_mnist_root() -> Path | None:

@@ -158,7 +158,7 @@ def test_sweep_display_in_logs(capsys):
     display("done", {"run_id": "r2", "status": "error", "error": "ValueError: boom"})
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "[0/2] running: r1 step 50 L>=0.02"
-    assert lines[1].startswith("[1/2] r1: converged at step 100, train loss 0.0009, test acc 90.00%")
+    assert lines[1].startswith("[1/2] r1: converged at step 100, L(w) 0.0009, test acc 90.00%")
     assert lines[2].startswith("[2/2] r2: error: ValueError: boom")
 
 

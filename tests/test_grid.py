@@ -88,11 +88,14 @@ def test_estimated_steps_follow_table_2():
 
 def test_run_id_is_pinned():
     """Run ids must not drift between versions or machines: records already written would be orphaned. (They
-    changed once, on purpose, with the device-independent sampler: test_sampling.py pins the old ones.)"""
+    changed once, on purpose, with the device-independent sampler: test_sampling.py pins the old ones. The
+    default reading's change kept every id: a run's id hashes its settings, not which of them are defaults.)"""
     from nerepro import RunConfig
+    from nerepro.config import PROTOCOLS
 
-    assert RunConfig("F1", 1.5, 2000).run_id == "F1-a1.5-b2000-s0-02c5e4b131"
-    assert RunConfig("C1", 2.0, 300, seed=7).run_id == "C1-a2-b300-s7-94fc179e5c"
+    assert RunConfig("F1", 1.5, 2000, **PROTOCOLS["eq1"]).run_id == "F1-a1.5-b2000-s0-02c5e4b131"
+    assert RunConfig("F1", 1.5, 2000).run_id == "F1-a1.5-b2000-s0-f7690462c2"  # the Keras reading's record
+    assert RunConfig("C1", 2.0, 300, seed=7, **PROTOCOLS["eq1"]).run_id == "C1-a2-b300-s7-94fc179e5c"
 
 
 @pytest.mark.parametrize("text", ['[[grid]]\nnetwork = "F1"\nalpha = 1\nbatch_size = 100\nlr = "x"\n',
@@ -127,12 +130,13 @@ def test_priorities_order_the_plan(tmp_path):
 def test_f1_config_puts_the_headline_rows_first():
     plan = load_plan([CONFIGS / "f1.toml"])
     points = [(p, c.alpha, c.batch_size, c.effective_stop_loss, c.effective_sampling) for p, c in plan]
-    default = ("full", "independent")
-    assert {pt[1:] for pt in points[:20]} == {(1.0, 900, *default), (1.5, 2000, *default)}  # Table 2, 10 seeds
-    assert {pt[1:] for pt in points[20:30]} == {(3.0, 5000, *default)}  # Table 3
-    keras = [c for _, c in plan[30:60]]  # then the Keras reading of those three rows
-    assert {(c.alpha, c.batch_size, c.check_every, c.effective_adam_update) for c in keras} == \
-        {(a, b, "epoch", "keras") for a, b in ((1.0, 900), (1.5, 2000), (3.0, 5000))}
+    keras = ("ne_epoch_mean", "paired")  # the default reading; at alpha = 1 epoch_mean and epoch
+    assert {pt[1:] for pt in points[:20]} == {(1.0, 900, "epoch_mean", "epoch"), (1.5, 2000, *keras)}  # Table 2
+    assert {pt[1:] for pt in points[20:30]} == {(3.0, 5000, *keras)}  # Table 3
+    assert all(c.check_every == "epoch" and c.effective_adam_update == "keras" for _, c in plan[:30])
+    eq1 = [c for _, c in plan[30:60]]  # then the Eq. (1) reading of those three rows
+    assert {(c.alpha, c.batch_size, c.check_every, c.stop_loss, c.sampling, c.adam_update) for c in eq1} == \
+        {(a, b, 50, "full", "independent", "pytorch") for a, b in ((1.0, 900), (1.5, 2000), (3.0, 5000))}
     assert {pt[1:3] for pt in points[60:470]} == {(1.0, 900), (1.5, 2000), (3.0, 5000)}  # their other readings
     assert {p for p, *_ in points[470:]} == {6} and len(points) == 800
     f1 = {c.run_id for c in load_grid([CONFIGS / "paper.toml"]) if c.network == "F1"}

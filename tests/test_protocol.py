@@ -1,5 +1,6 @@
 """The readings the paper leaves open: what "the training loss" is and how B and B' are sampled."""
 
+import json
 import math
 
 import pytest
@@ -109,7 +110,7 @@ def test_protocol_report_says_which_reading_matches(tmp_path):
         recs.append(record("F1", 3.0, 5000, s, 90.30 + 0.01 * s, 9000, stop_loss="epoch_mean"))
     results = load_results(write(tmp_path / "r", recs))
     table = protocol_table(results).set_index(["reading", "alpha"])
-    default, epoch = table.loc["paper protocol"], table.loc["stop_loss=epoch_mean"]
+    default, epoch = table.loc["protocol=keras (default)"], table.loc["stop_loss=epoch_mean"]
     assert default.loc[1.0, "within_2_std"] and not default.loc[1.5, "within_2_std"]  # 11,275 vs 7,914 ± 528
     assert default.loc[1.5, "steps_diff_in_paper_std"] == pytest.approx((11275 - 7914) / 528)
     assert epoch["within_2_std"].all() and len(epoch) == 3  # Table 3's point is judged on accuracy only
@@ -118,19 +119,23 @@ def test_protocol_report_says_which_reading_matches(tmp_path):
 
 
 def test_alpha_one_runs_serve_the_readings_they_coincide_with(tmp_path):
-    """At alpha = 1, ne_epoch_mean runs are epoch_mean runs: the ne_epoch_mean variant still gets its
-    alpha = 1 row (Table 2's baseline), without training it twice."""
+    """At alpha = 1, ne_epoch_mean runs are epoch_mean runs and paired sampling is epoch sampling: a run of the
+    default reading there is also the alpha = 1 row (Table 2's baseline) of the epoch_mean / epoch variants
+    at alpha != 1, without training it twice, and of no variant that differs in anything else."""
     from nerepro.report import load_results
+    from nerepro.results import DEFAULT_VARIANT
     from nerepro.tables import table_2
     from records import record, write
 
-    recs = [record("F1", 1.0, 900, s, 90.0, 10000, stop_loss="ne_epoch_mean", sampling="paired") for s in range(2)]
-    recs += [record("F1", 1.5, 2000, s, 90.3, 8000, stop_loss="ne_epoch_mean", sampling="paired") for s in range(2)]
+    recs = [record("F1", 1.0, 900, s, 90.0, 10000) for s in range(2)]  # the default reading at alpha = 1
+    recs += [record("F1", 1.5, 2000, s, 90.3, 8000, stop_loss="epoch_mean", sampling="epoch") for s in range(2)]
+    recs += [record("F1", 1.5, 2000, s, 90.3, 8000, stop_loss="full") for s in range(2)]
     results = load_results(write(tmp_path / "r", recs))
-    variant = "stop_loss=ne_epoch_mean, sampling=paired"
-    assert variant in results.variants()
-    assert sorted(table_2(results, variant)["alpha"]) == [1.0, 1.5]
     assert recs[0]["config"]["stop_loss"] == "epoch_mean" and recs[0]["config"]["sampling"] == "epoch"
+    variant = "stop_loss=epoch_mean, sampling=epoch"
+    assert set(results.variants()) == {DEFAULT_VARIANT, variant, "stop_loss=full"}
+    assert sorted(table_2(results, variant)["alpha"]) == [1.0, 1.5]
+    assert sorted(table_2(results, "stop_loss=full")["alpha"]) == [1.5]  # L(w) at alpha = 1 is another run
 
 
 @pytest.mark.parametrize("sampling,alpha,stop_loss", [
@@ -217,3 +222,37 @@ def test_keras_protocol_is_a_shorthand_for_its_settings(tmp_path):
     runs = [c for _, c in load_plan([grid])]
     assert keras.run_id in {c.run_id for c in runs}  # the preset's run id is that of its settings
     assert {c.sampling for c in runs} == {"paired", "independent"}  # a setting beside the preset wins
+
+
+def test_the_keras_reading_is_the_default_and_eq1_one_option_away(fake_fmnist_root, tmp_path):
+    """`nerepro train` without reading options runs the Keras reading; --protocol eq1 the Eq. (1) reading, under
+    another run id; the end line names the reading it stopped on and gives L(w) beside it (an NE reading can
+    be negative)."""
+    from typer.testing import CliRunner
+
+    from nerepro.cli import app
+    from nerepro.config import PROTOCOLS
+    from nerepro.display import summary_line
+
+    assert RunConfig("F1", 1.0, 900) == RunConfig("F1", 1.0, 900, **PROTOCOLS["keras"])
+    eq1 = RunConfig("F1", 1.0, 900, **PROTOCOLS["eq1"])
+    assert (eq1.check_every, eq1.stop_loss, eq1.sampling, eq1.adam_update) == (50, "full", "independent", "pytorch")
+    assert eq1.run_id != RunConfig("F1", 1.0, 900).run_id
+    args = ["train", "--network", "F1", "--alpha", "1.5", "--batch-size", "20", "--subset", "100", "--max-steps",
+            "20", "--device", "cpu", "--data-dir", str(fake_fmnist_root)]
+    records = {}
+    for name, extra in (("default", []), ("eq1", ["--protocol", "eq1"])):
+        out = CliRunner().invoke(app, args + extra + ["--out", str(tmp_path / name)])
+        assert out.exit_code == 0, out.output
+        records[name] = json.loads(next((tmp_path / name).glob("*.json")).read_text())
+        records[name]["line"] = out.output.strip().splitlines()[-1]
+    default, plain = records["default"], records["eq1"]
+    assert (default["check_every"], default["stop_loss"], default["sampling"], default["adam_update"]) == \
+        ("epoch", "ne_epoch_mean", "paired", "keras")
+    assert (plain["check_every"], plain["stop_loss"], plain["sampling"], plain["adam_update"]) == \
+        (50, "full", "independent", "pytorch")
+    assert default["check_interval"] == 3 and plain["check_interval"] == 50  # ceil(100 / 40) steps per epoch
+    assert f"epoch mean NE loss {default['train_loss']:.4g} (L(w) {default['train_loss_full']:.4g})" in default["line"]
+    assert f"L(w) {plain['train_loss']:.4g}," in plain["line"] and "epoch mean" not in plain["line"]
+    negative = {**default, "train_loss": -0.0002301, "train_loss_full": 0.00146}
+    assert "epoch mean NE loss -0.0002301 (L(w) 0.00146)" in summary_line(negative)

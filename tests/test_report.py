@@ -35,7 +35,7 @@ def known(tmp_path):
 
 
 def test_table_2_known_answers(known):
-    t2 = table_2(known, "paper protocol").set_index("alpha")
+    t2 = table_2(known, "protocol=keras (default)").set_index("alpha")
     a1 = t2.loc[1.0]
     assert a1["b_opt"] == 100  # 90.5 at B=100 and B=200: ties go to the smaller B
     assert a1["test_acc_mean"] == pytest.approx(90.5) and a1["test_acc_std"] == pytest.approx(np.sqrt(0.5))  # ddof 1
@@ -50,7 +50,7 @@ def test_table_2_known_answers(known):
 
 
 def test_table_3_known_answers(known):
-    t3 = table_3(known, "paper protocol").set_index("setting")
+    t3 = table_3(known, "protocol=keras (default)").set_index("setting")
     assert t3.loc["without NE", "batch_size"] == 100 and t3.loc["without NE", "alpha"] == 1
     assert t3.loc["with NE", "batch_size"] == 5000 and t3.loc["with NE", "alpha"] == 3  # best alpha > 1
     assert t3.loc["with NE", "test_acc_mean"] == pytest.approx(91.0)
@@ -92,7 +92,7 @@ def verdicts(found, letter):
 
 
 def test_claims_with_a_real_effect(tmp_path):
-    found = claims(synthetic_grid(tmp_path, effect=1.0), "paper protocol")
+    found = claims(synthetic_grid(tmp_path, effect=1.0), "protocol=keras (default)")
     assert verdicts(found, "a") == ["supported", "supported"]
     assert verdicts(found, "b") == ["supported"]
     assert verdicts(found, "c") == ["supported", "not supported"]  # steps fall; samples do not (B grows)
@@ -102,21 +102,21 @@ def test_claims_with_a_real_effect(tmp_path):
 
 def test_claims_without_an_effect(tmp_path):
     found = claims(synthetic_grid(tmp_path, effect=0.0, b_opt=(500, 500, 500), steps=(2000, 2000, 2000)),
-                   "paper protocol")
+                   "protocol=keras (default)")
     assert verdicts(found, "a") == ["not supported", "not supported"]
     assert verdicts(found, "b") == ["not supported"]
 
 
 def test_claims_with_too_few_seeds(tmp_path):
-    found = claims(synthetic_grid(tmp_path, seeds=1), "paper protocol")
+    found = claims(synthetic_grid(tmp_path, seeds=1), "protocol=keras (default)")
     assert set(c.verdict for c in found) == {"not enough data"}
 
 
 def test_claim_d(known, tmp_path):
-    d = next(c for c in claims(known, "paper protocol") if c.claim == "d")
+    d = next(c for c in claims(known, "protocol=keras (default)") if c.claim == "d")
     assert "B=5000, alpha=3" in d.compared and "B=100, alpha=1" in d.compared
     assert d.statistic > 0 and d.verdict == "not supported"  # 91.0 ± 0.14 vs 90.5 ± 0.71, n = 2: not significant
-    found = claims(synthetic_grid(tmp_path, b_opt=(100, 500, 5000)), "paper protocol")
+    found = claims(synthetic_grid(tmp_path, b_opt=(100, 500, 5000)), "protocol=keras (default)")
     assert verdicts(found, "d") == ["supported"]  # alpha = 2 at B = 5000 beats alpha = 1 at B = 100 by 2 points
 
 
@@ -131,20 +131,20 @@ def test_welch_matches_the_formula():
 
 def test_claim_d_needs_ne_runs_above_the_small_batch_optimum(tmp_path):
     """As in the quick grid: the largest B with NE is B_opt without NE, so (d) would only repeat (a)."""
-    found = claims(synthetic_grid(tmp_path, b_opt=(1000, 1000, 1000), sizes=(100, 500, 1000)), "paper protocol")
+    found = claims(synthetic_grid(tmp_path, b_opt=(1000, 1000, 1000), sizes=(100, 500, 1000)), "protocol=keras (default)")
     d = next(c for c in found if c.claim == "d")
     assert d.verdict == "not enough data" and "above B=1000" in d.compared and d.p_value is None
 
 
 def test_identical_runs_are_not_evidence(tmp_path):
-    found = claims(synthetic_grid(tmp_path, noise=0.0), "paper protocol")
+    found = claims(synthetic_grid(tmp_path, noise=0.0), "protocol=keras (default)")
     assert all(c.p_value != 0 for c in found if c.claim in "ad")
     assert verdicts(found, "a") == ["not enough data", "not enough data"]
 
 
 def test_figure_2_axes_series_and_labels(tmp_path):
     results = synthetic_grid(tmp_path)
-    fig = figure_2(results, "paper protocol")
+    fig = figure_2(results, "protocol=keras (default)")
     acc_ax, steps_ax = fig.axes[:2]  # F1 only: one row
     assert len(fig.axes) == 2 and acc_ax.get_title() == "F1"
     for ax, ylabel in ((acc_ax, "test accuracy (%)"), (steps_ax, "convergence time (steps)")):
@@ -155,12 +155,12 @@ def test_figure_2_axes_series_and_labels(tmp_path):
     assert list(x) == [100, 500, 1000, 5000]
     stats = results.runs[(results.runs["alpha"] == 1) & (results.runs["batch_size"] == 100)]["test_acc"]
     assert y[0] == pytest.approx(stats.mean())
-    assert figure_1(results, "paper protocol") is None  # no C1 runs
+    assert figure_1(results, "protocol=keras (default)") is None  # no C1 runs
 
 
 def test_figure_3_circles_and_triangles(tmp_path):
     results = synthetic_grid(tmp_path)
-    fig = figure_3(results, "paper protocol")
+    fig = figure_3(results, "protocol=keras (default)")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "convergence time (steps)" and ax.get_ylabel() == "test accuracy (%)"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -168,7 +168,7 @@ def test_figure_3_circles_and_triangles(tmp_path):
     circles, triangles = ax.lines[0], ax.lines[1 + 4]  # each errorbar adds its data line first
     assert circles.get_marker() == "o" and triangles.get_marker() == "^"
     assert len(circles.get_xdata()) == 4 and len(triangles.get_xdata()) == 3
-    samples = figure_3(results, "paper protocol", "samples_processed").axes[0]
+    samples = figure_3(results, "protocol=keras (default)", "samples_processed").axes[0]
     assert samples.get_xlabel() == "samples processed to L**"
     assert max(samples.lines[0].get_xdata()) > max(circles.get_xdata())  # x axis in samples, not steps
 
@@ -231,7 +231,7 @@ def test_baselines_table(tmp_path):
     recs += [record("F1", 1.0, 600, s, 89.0 + 0.1 * s, 500) for s in range(3)]  # 2B
     recs += [record("F1", 1.0, 120, s, 90.5, 2000) for s in range(2)]  # B_eff = 300 / 2.5
     results = load_results(write(tmp_path / "b", recs))
-    tb = table_baselines(results, "paper protocol").set_index("source").loc["Table 2"]
+    tb = table_baselines(results, "protocol=keras (default)").set_index("source").loc["Table 2"]
     assert (tb["batch_size"], tb["plain_2b_batch_size"], tb["plain_beff_batch_size"]) == (300, 600, 120)
     assert tb["ne_test_acc_mean"] == pytest.approx(91.1) and tb["plain_2b_test_acc_mean"] == pytest.approx(89.1)
     assert tb["plain_beff_n"] == 2 and tb["ne_samples_processed_mean"] == 900 * 600

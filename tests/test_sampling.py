@@ -9,6 +9,7 @@ import torch
 
 from conftest import REPO
 from nerepro import RunConfig
+from nerepro.config import PROTOCOLS
 from nerepro.sampling import IndependentSampler, PackDraws, make_sampler
 
 CPU = torch.device("cpu")
@@ -136,11 +137,11 @@ def test_b_stream_is_shared_across_alphas_and_seeds_differ():
 
 
 def test_sampler_version_is_in_the_run_id_and_old_ids_are_kept():
-    cfg = RunConfig("F1", 1.0, 900, seed=0, sampler_version=2)
+    cfg = RunConfig("F1", 1.0, 900, seed=0, sampler_version=2, **PROTOCOLS["eq1"])  # the reading it ran
     assert cfg.result_fields()["sampler_version"] == 2
     # a record written by the device-dependent sampler (version 1, before the field existed) keeps its id:
     # the id of its settings without the field; the same settings now get another id
-    old = json.loads((REPO / "results/protocol/runs/F1-a1-b900-s0-88ba00f00b.json").read_text())
+    old = json.loads((REPO / "results/f1/runs/F1-a1-b900-s0-88ba00f00b.json").read_text())
     fields = {k: v for k, v in cfg.result_fields().items() if k != "sampler_version"}
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     assert old["run_id"].endswith(hashlib.sha256(canonical.encode()).hexdigest()[:10])
@@ -152,6 +153,6 @@ def test_sampler_version_is_in_the_run_id_and_old_ids_are_kept():
 def test_old_records_form_their_own_variant():
     from nerepro.results import variant_of
 
-    old = json.loads((REPO / "results/protocol/runs/F1-a1-b900-s0-88ba00f00b.json").read_text())
-    assert variant_of(old) == "sampler_version=1"
-    assert variant_of({**old, "config": {**old["config"], "sampler_version": 2}}) == "paper protocol"
+    old = json.loads((REPO / "results/f1/runs/F1-a1-b900-s0-88ba00f00b.json").read_text())
+    assert variant_of(old) == "protocol=eq1, sampler_version=1"  # it ran the Eq. (1) reading, then the default
+    assert variant_of({**old, "config": {**old["config"], "sampler_version": 2}}) == "protocol=eq1"

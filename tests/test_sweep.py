@@ -140,14 +140,17 @@ def test_dry_run_lists_runs_and_cost(tmp_path, fake_fmnist_root):
     out = subprocess.run(sweep_cmd(config, tmp_path / "r", fake_fmnist_root, "--dry-run"), capture_output=True,
                          text=True)
     lines = out.stdout.strip().splitlines()
-    assert out.returncode == 0 and len(lines) == 10 and lines[-2].startswith("8 runs to do")
-    assert "samples processed" in lines[-2] and not (tmp_path / "r").exists()
+    assert out.returncode == 0 and lines[0].startswith("8 runs to do, 0 of 8 already recorded")
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
     # on the CPU --pack auto does not pack (README, 'Packs'); --pack on packs runs differing in seed and alpha,
     # alpha = 1 apart: one pack per (B, alpha = 1 or not)
-    assert lines[-1].startswith("F1: 8 runs one per program, 480 steps")
-    packed = subprocess.run(sweep_cmd(config, tmp_path / "r", fake_fmnist_root, "--dry-run", "--pack", "on"),
-                            capture_output=True, text=True)
-    assert packed.returncode == 0 and packed.stdout.strip().splitlines()[-1].startswith("F1: 8 runs in 4 packs of up to 10")
+    assert lines[1].startswith("packs: off") and lines[3].split()[:5] == ["F1", "8", "0", "8", "480"]
+    listed = subprocess.run(sweep_cmd(config, tmp_path / "r", fake_fmnist_root, "--dry-run", "--pack", "on",
+                                      "--list"), capture_output=True, text=True)
+    lines = listed.stdout.strip().splitlines()
+    assert listed.returncode == 0 and len({line for line in lines[:8] if line.startswith("F1-a")}) == 8
+    assert lines[8].startswith("8 runs to do") and lines[9].startswith("packs: on")
+    assert lines[11].split()[:5] == ["F1", "8", "0", "4", "480"]
 
 
 def test_ray_executor_matches_local(tmp_path, monkeypatch):

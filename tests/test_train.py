@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import synthetic_data
+from conftest import EQ1, synthetic_data
 from nerepro import RunConfig, train
 from nerepro.schedule import Action, dataset_loss, full_check_due, next_action
 
@@ -16,7 +16,7 @@ VOLATILE = ("wall_s", "loop_s", "check_s", "provenance")
 
 def cfg(**kw):
     base = dict(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=2000,
-                device="cpu")
+                device="cpu", **EQ1)  # the loss checks of Eq. (1): full passes, gate, early exit
     return RunConfig(**{**base, **kw})
 
 

@@ -1,0 +1,170 @@
+"""The dry run's plan: what a sweep has left to do and what it will cost, per network and priority.
+
+`nerepro sweep CONFIGS --results R --dry-run` prints it (README, 'Sweeps'): runs to do and already recorded,
+the packs the sweep would form, the estimated steps, samples and training FLOP of the runs to do (cost.py),
+and their time on one device at the --tflops or the measured throughput; then the total, and the wall time
+on this machine's devices. `plan_rows` is the table as data, `render_table` the aligned text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .config import RunConfig
+from .cost import (TRAIN_SIZE, Throughput, _reference_steps, estimated_flop, estimated_samples, estimated_seconds,
+                   estimated_steps)
+
+MEASURED = "measured"  # the source of a time taken from finished records (else a --tflops name=rate)
+
+
+@dataclasses.dataclass
+class PlanRow:
+    """One row of the plan: the runs of a network (and priority), estimates over those still to do."""
+    network: str  # "total" for the total row
+    priority: int | None  # None where the configs set no priorities, and for the total
+    todo: int = 0
+    recorded: int = 0
+    packs: int = 0  # the units the sweep would hand out (a run alone is a pack of one)
+    steps: int = 0
+    samples: int = 0
+    flop: float = 0.0
+    seconds: dict = dataclasses.field(default_factory=dict)  # source -> seconds on one device, summed
+    unknown: int = 0  # runs to do without a time estimate
+
+    @property
+    def time_s(self) -> float:
+        """Seconds on one device of the runs to do that have an estimate."""
+        return sum(self.seconds.values())
+
+    def add(self, other: "PlanRow") -> None:
+        for name in ("todo", "recorded", "packs", "steps", "samples", "flop", "unknown"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for source, seconds in other.seconds.items():
+            self.seconds[source] = self.seconds.get(source, 0.0) + seconds
+
+
+def plan_rows(runs: list[RunConfig], done: set[str], priority: dict, max_pack: int = 1,
+              throughput: Throughput | None = None, rates: dict[str, float] | None = None) -> list[PlanRow]:
+    """Rows per network, and per priority where the runs have more than one, in the sweep's order (priority
+    first), then the total. `done`: run ids already recorded; `max_pack`: 1 where the sweep would not pack."""
+    from .sweep import form_packs
+
+    by_priority = len({priority.get(c.run_id, 0) for c in runs}) > 1
+    groups: dict[tuple, list[RunConfig]] = {}
+    for cfg in runs:
+        groups.setdefault((priority.get(cfg.run_id, 0) if by_priority else None, cfg.network), []).append(cfg)
+    order = list(TRAIN_SIZE)  # the paper's order of networks: F1, C1, C2
+    rows, total, reference = [], PlanRow("total", None), _reference_steps()
+    for (rank, network), members in sorted(groups.items(), key=lambda kv: (
+            kv[0][0] or 0, order.index(kv[0][1]) if kv[0][1] in order else len(order), kv[0][1])):
+        todo = [c for c in members if c.run_id not in done]
+        row = PlanRow(network, rank, todo=len(todo), recorded=len(members) - len(todo),
+                      packs=len(form_packs(todo, max_pack, priority)))
+        for cfg in todo:
+            row.steps += estimated_steps(cfg, reference)
+            row.samples += estimated_samples(cfg, reference)
+            row.flop += estimated_flop(cfg, reference)
+            seconds, source = estimated_seconds(cfg, throughput, rates)
+            if seconds is None:
+                row.unknown += 1
+            else:
+                row.seconds[source] = row.seconds.get(source, 0.0) + seconds
+        rows.append(row)
+        total.add(row)
+    return rows + [total]
+
+
+def machine_wall_s(row: PlanRow, devices: int, workers: int) -> float:
+    """Wall time of a row's runs (those with an estimate) spread over this machine: a --tflops time is a
+    device's, shared by the devices; a measured time is a worker's (its runs shared the device with the
+    machine's other workers as the sweep runs them), shared by the workers."""
+    return sum(s / (workers if source == MEASURED else devices) for source, s in row.seconds.items())
+
+
+def sweep_order(todo: list[RunConfig], priority: dict) -> list[RunConfig]:
+    """The order the sweep takes its runs in: the configs' priorities, then the longest runs first."""
+    return sorted(todo, key=lambda c: (priority.get(c.run_id, 0), -estimated_samples(c), c.run_id))
+
+
+def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records: list[dict],
+                  rates: dict[str, float], pack: str, resolved: str, max_pack: int, slots: list[str] | None,
+                  results: str, listed: bool = False) -> list[str]:
+    """The dry run's report: the table, then what the time means and how to get it where it is unknown.
+    `records`: those in the results directory (the speed of those run on this machine's kind of device, cpu or
+    cuda, is the measured throughput); `pack` as given and as the sweep resolves it (on/off); `slots`: the
+    sweep's workers on this machine (None: a Ray cluster, any device)."""
+    from .cost import measured_throughput
+
+    kind = slots[0].split(":")[0] if slots else None
+    timed = [r for r in records if r.get("status") not in (None, "error") and r.get("wall_s") and not r.get("resumes")
+             and kind in (None, (r.get("provenance") or {}).get("device_type", kind))]
+    rows = plan_rows(runs, done, priority, max_pack if resolved != "off" else 1, measured_throughput(timed), rates)
+    total = rows[-1]
+    packs = f"on, up to {max_pack} F1 runs differing in seed and alpha per program" if resolved != "off" else \
+        "off, one run per program"
+    if pack == "auto" and slots:
+        packs += " (--pack auto on a GPU)" if resolved != "off" else \
+            " (--pack auto on a CPU; add --pack on to plan a GPU sweep's packs)"
+    lines = [f"{total.todo:,} runs to do, {total.recorded:,} of {total.todo + total.recorded:,} already recorded in "
+             f"{results}", f"packs: {packs}", *render_table(rows),
+             "estimates: steps to L** = Table 2's alpha = 1 time x sqrt(B_opt/B) (rough: about 25%); samples =",
+             "  steps x B (2B with NE); FLOP of the conv and linear layers (loss checks not counted)"]
+    for source in sorted(total.seconds):
+        if source == MEASURED:
+            on = ", ".join(sorted({(r.get("provenance") or {}).get("device") or "?" for r in timed}))
+            lines.append(f"device time: at the speed of the {len(timed):,} runs recorded in {results} on {on} (a "
+                         "packed run counts its share of its pack)")
+        else:
+            lines.append(f"device time: at --tflops {source} TFLOP/s (the FLOP column / that rate)")
+    if total.seconds:
+        if slots:
+            devices = sorted(set(slots))
+            wall = _duration(machine_wall_s(total, len(devices), len(slots)))
+            lines.append(f"this machine ({len(devices)} device{'s' * (len(devices) > 1)}: {', '.join(devices)}; "
+                         f"{len(slots)} worker{'s' * (len(slots) > 1)}): about {wall} wall")
+        lines.append(f"over n devices (--shard i/n or Ray): {_duration(total.time_s)} / n each"
+                     + (", besides the runs without a time" if total.unknown else ""))
+    if total.unknown:
+        networks = list(dict.fromkeys(r.network for r in rows[:-1] if r.unknown))
+        lines += [f"device time: unknown for {total.unknown:,} runs ({', '.join(networks)}): no finished runs of "
+                  f"theirs in {results} to time{f' on {kind}' if kind else ''}, no --tflops;",
+                  f"  pass --tflops fp32=T (or {networks[0]}=T), T the TFLOP/s that `nerepro bench --network "
+                  f"{networks[0]} --device cuda`", f"  reports on your GPU, or let a few of their runs finish in "
+                  f"{results} first"]
+    if total.todo and not listed:
+        lines.append("--list prints the ids of the runs to do, in the order the sweep takes them")
+    return lines
+
+
+def render_table(rows: list[PlanRow]) -> list[str]:
+    """Aligned plain text: names left, numbers right; device time '?' where no run has an estimate, '+?' where
+    some have none."""
+    with_priority = any(r.priority is not None for r in rows)
+    header = ["network", *(["priority"] if with_priority else []), "to do", "recorded", "packs", "steps",
+              "samples", "FLOP", "device time", "speed"]
+    table = [header]
+    for r in rows:
+        time = "-" if not r.todo else "?" if r.unknown == r.todo else _duration(r.time_s) + ("+?" if r.unknown else "")
+        speed = ", ".join(sorted(r.seconds)) or "-"  # "measured", or the --tflops name=TFLOP/s that applied
+        table.append([r.network, *([("" if r.priority is None else str(r.priority))] if with_priority else []),
+                      f"{r.todo:,}", f"{r.recorded:,}", f"{r.packs:,}", _sci(r.steps), _sci(r.samples), _sci(r.flop),
+                      time, speed])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    left = {0, len(header) - 1}  # network and speed: text
+    return ["  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
+                      ).rstrip() for row in table]
+
+
+def _sci(x: float) -> str:
+    """480, 4.12e6, 9.03e16: three digits, short exponents."""
+    return f"{x:.0f}" if x < 1e4 else f"{x:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
+def _duration(seconds: float) -> str:
+    """45 s, 38 min, 5.2 h, 1,234 h: hours above 90 minutes, the unit GPU time is counted in."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 10 else f"{hours:,.0f} h"

@@ -1,0 +1,176 @@
+"""The dry run plans: a table per network and priority whose totals are the sums of the per-run estimates."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO
+from nerepro.bench import training_flops_per_sample
+from nerepro.cli import app
+from nerepro.cost import Throughput, estimated_flop, estimated_samples, estimated_seconds, estimated_steps
+from nerepro.grid import load_grid, load_plan
+from nerepro.plan import PlanRow, plan_rows, render_table
+
+GRID = """seeds = 2
+[settings]
+max_steps = 60
+check_every = 10
+[[grid]]
+network = "F1"
+alpha = [1.0, 2.0]
+batch_size = [20, 40]
+"""
+
+
+def dry_run(*args):
+    out = CliRunner().invoke(app, ["sweep", *map(str, args), "--dry-run", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    return out.output.splitlines()
+
+
+def table(lines):
+    """The rendered table's rows (header excluded, total included), each split on whitespace."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("network "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("total "))
+    return [line.split() for line in lines[start + 1:end + 1]]
+
+
+def seconds_of(value, unit):
+    """A rendered duration ('38 min', '5.2 h', '1,234 h') in seconds, and half its last digit's worth."""
+    scale = {"s": 1, "min": 60, "h": 3600}[unit]
+    return float(value.replace(",", "")) * scale, 0.5 * scale * (0.1 if "." in value else 1)
+
+
+def test_paper_dry_run_fits_one_screen_and_its_totals_are_the_sums(tmp_path):
+    config = REPO / "configs" / "paper.toml"
+    lines = dry_run(config, "--results", tmp_path / "r")
+    assert len(lines) < 40 and not any(line.startswith(("F1-a", "C1-a", "C2-a")) for line in lines)
+    assert not (tmp_path / "r").exists()
+    runs = load_grid([config])
+    flop = {n: training_flops_per_sample(n) for n in ("F1", "C1", "C2")}  # builds a model: once per network
+    rows = table(lines)
+    assert [r[0] for r in rows] == ["F1", "C1", "C2", "total"]
+    for row, network in zip(rows, ["F1", "C1", "C2", None]):
+        mine = [c for c in runs if network in (None, c.network)]
+        assert int(row[1].replace(",", "")) == len(mine) and row[2] == "0"  # to do, recorded
+        assert int(row[3].replace(",", "")) == len(mine)  # packs: off on a CPU, one run each
+        for value, expected in zip(row[4:7], (sum(estimated_steps(c) for c in mine),
+                                              sum(estimated_samples(c) for c in mine),
+                                              sum(estimated_samples(c) * flop[c.network] for c in mine))):
+            assert float(value) == pytest.approx(expected, rel=5e-3)  # three digits
+        assert row[7:] == ["?", "-"]  # no records, no --tflops: the time is unknown, and the hint says why
+    assert any("device time: unknown for 1,290 runs" in line for line in lines)
+    assert any("--tflops fp32=T" in line for line in lines) and any("nerepro bench" in line for line in lines)
+
+
+def test_plan_rows_add_up_and_render_as_printed(tmp_path):
+    config = REPO / "configs" / "fig2.toml"
+    plan = load_plan([config])
+    runs, priority = [c for _, c in plan], {c.run_id: p for p, c in plan}
+    rates = {"fp32": 40.0, "F1": 2.0}
+    rows = plan_rows(runs, set(), priority, max_pack=10, rates=rates)
+    total = rows[-1]
+    assert [r.network for r in rows] == ["F1", "C2", "total"] and total.priority is None
+    assert total.todo == len(runs) and total.flop == pytest.approx(sum(estimated_flop(c) for c in runs))
+    assert total.steps == sum(estimated_steps(c) for c in runs)
+    assert total.samples == sum(r.samples for r in rows[:-1]) == sum(estimated_samples(c) for c in runs)
+    # F1 at its own rate (a network's rate wins over its precision's), C2 at fp32's
+    expected = sum(estimated_flop(c) / (2e12 if c.network == "F1" else 40e12) for c in runs)
+    assert total.time_s == pytest.approx(expected) and set(total.seconds) == {"F1=2", "fp32=40"}
+    assert total.unknown == 0 and total.packs == sum(r.packs for r in rows[:-1]) < total.todo
+    lines = dry_run(config, "--results", tmp_path / "r", "--pack", "on", "--tflops", "fp32=40,F1=2")
+    header = next(i for i, line in enumerate(lines) if line.startswith("network "))
+    assert lines[header:header + len(rows) + 1] == render_table(rows)
+    rendered = table(lines)[-1]
+    assert seconds_of(*rendered[7:9])[0] == pytest.approx(expected, abs=seconds_of(*rendered[7:9])[1])
+
+
+def test_recorded_runs_count_as_recorded_and_time_their_speed(tmp_path):
+    config = tmp_path / "grid.toml"
+    config.write_text(GRID)
+    runs = load_grid([config])  # run ids from RunConfig, whatever its defaults
+    results = tmp_path / "r"
+    (results / "runs").mkdir(parents=True)
+    recorded, failed = runs[:2], runs[2]
+
+    def write(cfg, status, wall_s):
+        record = {"run_id": cfg.run_id, "network": cfg.network, "alpha": cfg.alpha, "batch_size": cfg.batch_size,
+                  "seed": cfg.seed, "status": status, "steps": 60, "samples_processed": 60 * cfg.batch_size,
+                  "wall_s": wall_s, "provenance": {"device": "test-cpu"}}
+        (results / "runs" / f"{cfg.run_id}.json").write_text(json.dumps(record))
+        return record
+
+    records = [write(cfg, "converged", 12.0) for cfg in recorded] + [write(failed, "error", 1.0)]
+    lines = dry_run(config, "--results", results)
+    todo = [c for c in runs if c not in recorded]  # the failed run is retried: still to do
+    assert lines[0].startswith(f"{len(todo)} runs to do, 2 of {len(runs)} already recorded")
+    row = table(lines)[0]
+    assert row[:4] == ["F1", str(len(todo)), "2", str(len(todo))] and row[9:] == ["measured"]
+    throughput = Throughput()
+    for r in records:
+        throughput.add(r)
+    expected = sum(throughput.seconds(c) for c in todo)
+    value, tolerance = seconds_of(*row[7:9])
+    assert value == pytest.approx(expected, abs=tolerance)
+    assert any("the speed of the 2 runs recorded" in line and "test-cpu" in line for line in lines)
+    listed = CliRunner().invoke(app, ["sweep", str(config), "--results", str(results), "--dry-run", "--list"])
+    assert listed.exit_code == 0, listed.output
+    ids = [line for line in listed.output.splitlines() if line.startswith("F1-a")]
+    assert sorted(ids) == sorted(c.run_id for c in todo)
+
+
+def test_f1_dry_run_has_a_row_per_priority(tmp_path):
+    config = REPO / "configs" / "f1.toml"
+    lines = dry_run(config, "--results", tmp_path / "r", "--tflops", "F1=2")
+    assert len(lines) < 40
+    plan = load_plan([config])
+    rows = table(lines)
+    priorities = sorted({p for p, _ in plan})
+    assert len(priorities) > 1 and [int(r[1]) for r in rows[:-1]] == priorities
+    for row, p in zip(rows, priorities):
+        assert row[0] == "F1" and int(row[2]) == sum(1 for q, _ in plan if q == p)
+    assert rows[-1][:2] == ["total", f"{len(plan):,}"]  # the total row leaves the priority blank
+    total = sum(estimated_flop(c) for _, c in plan) / 2e12
+    value, tolerance = seconds_of(*rows[-1][7:9])
+    assert value == pytest.approx(total, abs=tolerance)
+
+
+def test_measured_time_charges_a_packed_run_its_share():
+    from nerepro import RunConfig
+    from nerepro.cost import measured_throughput
+
+    cfg = RunConfig("F1", 1.5, 100, seed=0)
+    record = {"run_id": cfg.run_id, "network": "F1", "alpha": 1.5, "batch_size": 100, "seed": 0,
+              "status": "converged", "steps": 500, "samples_processed": 100_000}
+    alone = measured_throughput([{**record, "wall_s": 5.0}])
+    packed = measured_throughput([{**record, "wall_s": 20.0, "pack_size": 4}])
+    assert packed.seconds(cfg) == pytest.approx(alone.seconds(cfg)) == pytest.approx(5.0 * estimated_steps(cfg) / 500)
+    # a rate naming the run's network or precision wins over the measured speed; nothing known: unknown
+    assert estimated_seconds(cfg, alone, {"tf32": 1.0}) == (pytest.approx(alone.seconds(cfg)), "measured")
+    assert estimated_seconds(cfg, alone, {"fp32": 1.0})[1] == "fp32=1"
+    assert estimated_seconds(cfg, None, {}) == (None, None)
+    assert PlanRow("F1", None, seconds={"measured": 2.0, "fp32=1": 3.0}).time_s == 5.0
+
+
+def test_dry_run_bad_options_are_one_line(tmp_path):
+    config = REPO / "configs" / "smoke.toml"
+    for extra, message in ((["--list"], "--list goes with --dry-run"),
+                           (["--dry-run", "--tflops", "H100=900"], "--tflops takes names")):
+        out = CliRunner().invoke(app, ["sweep", str(config), "--results", str(tmp_path / "r"), *extra])
+        assert out.exit_code == 2 and message in out.output and len(out.output.strip().splitlines()) == 1
+
+
+def test_dry_run_on_gpus_packs_and_shares_the_time_among_devices():
+    from nerepro import RunConfig
+    from nerepro.plan import dry_run_lines
+
+    runs = [RunConfig("F1", alpha, 1000, seed=s) for alpha in (1.0, 1.5) for s in range(3)]
+    slots = ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]  # two GPUs, two workers each
+    lines = dry_run_lines(runs, set(), {}, [], {"fp32": 10.0}, "auto", "on", 10, slots, "R")
+    assert lines[1] == "packs: on, up to 10 F1 runs differing in seed and alpha per program (--pack auto on a GPU)"
+    assert table(lines)[-1][3] == "2"  # alpha = 1 and alpha = 1.5 pack apart
+    device_s = sum(estimated_flop(c) for c in runs) / 10e12
+    wall = next(line for line in lines if line.startswith("this machine (2 devices: cuda:0, cuda:1; 4 workers)"))
+    value, tolerance = seconds_of(*wall.split("about ")[1].split()[:2])
+    assert value == pytest.approx(device_s / 2, abs=tolerance)
