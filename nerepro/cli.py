@@ -184,11 +184,10 @@ def sweep(
     """
     from .display import SweepDisplay
     from .errors import ConfigError
-    from .cost import estimated_samples
     from .grid import load_plan, parse_shard
     from .grid import shard as take_shard
     from .results import ResultsDir
-    from .sweep import pending_runs, resolve_pack, run_sweep, summarize
+    from .sweep import pause_margin, pending_runs, resolve_pack, run_sweep, summarize, sweep_order
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
@@ -209,7 +208,7 @@ def sweep(
     if list_runs and not dry_run:
         raise ConfigError("--list goes with --dry-run (it lists the runs a sweep would do; nothing trains)")
     if dry_run:
-        from .plan import dry_run_lines, sweep_order
+        from .plan import dry_run_lines
         from .sweep import slots
 
         rates = parse_rates(tflops)
@@ -230,12 +229,10 @@ def sweep(
     check_writable(results)
     for note in store.prepare():
         typer.echo(note, err=True)
-    # the configs' priorities first, then the longest runs first
-    todo = sorted(pending_runs(runs, store), key=lambda c: (priority[c.run_id], -estimated_samples(c), c.run_id))
+    todo = sweep_order(pending_runs(runs, store), priority)
     typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}" + (f" within {limit:g} s" if limit else ""))
     display = SweepDisplay(len(todo))
-    # stop early enough to checkpoint, shut the workers down and summarise inside the limit
-    deadline = started + limit - min(30.0, max(3.0, 0.05 * limit)) if limit else None
+    deadline = started + limit - pause_margin(limit) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
                    on_event=display, deadline=deadline, pack=pack, max_pack=max_pack, priority=priority)
     if executor == "ray":
@@ -275,7 +272,7 @@ def parse_check_every(text: str | None) -> int | str | None:
 
 def parse_rates(text: str | None) -> dict[str, float]:
     """'fp32=40,F1=2' -> {'fp32': 40.0, 'F1': 2.0} (TFLOP/s, for a precision or a network: cost.estimated_seconds)."""
-    from .cost import TRAIN_SIZE
+    from .config import NETWORKS
     from .errors import ConfigError
     from .fastpath import PRECISIONS
 
@@ -290,8 +287,8 @@ def parse_rates(text: str | None) -> dict[str, float]:
             raise ConfigError(f"--tflops takes name=TFLOP/s pairs, e.g. fp32=40,tf32=250, got {text!r}") from None
         if not rates[name.strip()] > 0:
             raise ConfigError(f"--tflops takes positive throughputs, got {text!r}")
-        if name.strip() not in (*TRAIN_SIZE, *PRECISIONS):
-            raise ConfigError(f"--tflops takes names {', '.join((*TRAIN_SIZE, *PRECISIONS))}, got {name.strip()!r}")
+        if name.strip() not in (*NETWORKS, *PRECISIONS):
+            raise ConfigError(f"--tflops takes names {', '.join((*NETWORKS, *PRECISIONS))}, got {name.strip()!r}")
     return rates
 
 

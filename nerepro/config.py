@@ -32,6 +32,8 @@ PROTOCOLS = {"keras": {"check_every": "epoch", "stop_loss": "ne_epoch_mean", "sa
              "eq1": {"check_every": 50, "stop_loss": "full", "sampling": "independent", "adam_update": "pytorch"}}
 DEFAULT_PROTOCOL = "keras"
 STOP_LOSSES = ("full", "epoch_mean", "ne_epoch_mean")
+# How each reading of "the training loss" is named where it is shown (progress, end line)
+READING_NAMES = {"full": "L(w)", "epoch_mean": "epoch mean L_B", "ne_epoch_mean": "epoch mean NE loss"}
 SAMPLINGS = ("independent", "epoch", "paired")
 
 

@@ -7,7 +7,7 @@ import time
 
 from tqdm import tqdm
 
-from .train import READING_NAMES
+from .config import READING_NAMES
 
 
 def summary_line(record: dict, path=None) -> str:

@@ -54,16 +54,17 @@ class BrokenContext(Exception):
         self.records, self.retry = records, retry
 
 
-def cuda_failures(results: ResultsDir, run_id: str) -> int:
-    """Workers the run broke with a CUDA error since its last record or pause: `cuda-error` lines in the sweep
-    log, which outlives the workers (a record, even an `error`, or a pause at a time limit starts the count
-    again, so a later sweep, or lease, retries afresh)."""
-    count = 0
-    for event, rid in log_events(results):
-        if rid == run_id:
-            fresh = event.startswith(("recorded:", "paused:"))
-            count = count + 1 if event.startswith("cuda-error") else 0 if fresh else count
-    return count
+def cuda_failures(results: ResultsDir) -> dict[str, int]:
+    """Per run id, the workers the run broke with a CUDA error since its last record or pause: `cuda-error`
+    lines in the sweep log, which outlives the workers (a record, even an `error`, or a pause at a time limit
+    starts the count again, so a later sweep, or lease, retries afresh). Runs without one are absent."""
+    counts: dict[str, int] = {}
+    for event, run_id in log_events(results):
+        if event.startswith("cuda-error"):
+            counts[run_id] = counts.get(run_id, 0) + 1
+        elif event.startswith(("recorded:", "paused:")):
+            counts.pop(run_id, None)
+    return counts
 
 
 def log_events(results: ResultsDir, offset: int = 0) -> list[tuple[str, str]]:

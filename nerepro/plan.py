@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import RunConfig
-from .cost import (TRAIN_SIZE, Throughput, _reference_steps, estimated_flop, estimated_samples, estimated_seconds,
+from .config import NETWORKS, RunConfig
+from .cost import (Throughput, _reference_steps, estimated_flop, estimated_samples, estimated_seconds,
                    estimated_steps)
 
 MEASURED = "measured"  # the source of a time taken from finished records (else a --tflops name=rate)
@@ -53,10 +53,9 @@ def plan_rows(runs: list[RunConfig], done: set[str], priority: dict, max_pack: i
     groups: dict[tuple, list[RunConfig]] = {}
     for cfg in runs:
         groups.setdefault((priority.get(cfg.run_id, 0) if by_priority else None, cfg.network), []).append(cfg)
-    order = list(TRAIN_SIZE)  # the paper's order of networks: F1, C1, C2
     rows, total, reference = [], PlanRow("total", None), _reference_steps()
     for (rank, network), members in sorted(groups.items(), key=lambda kv: (
-            kv[0][0] or 0, order.index(kv[0][1]) if kv[0][1] in order else len(order), kv[0][1])):
+            kv[0][0] or 0, NETWORKS.index(kv[0][1]), kv[0][1])):
         todo = [c for c in members if c.run_id not in done]
         row = PlanRow(network, rank, todo=len(todo), recorded=len(members) - len(todo),
                       packs=len(form_packs(todo, max_pack, priority)))
@@ -79,11 +78,6 @@ def machine_wall_s(row: PlanRow, devices: int, workers: int) -> float:
     device's, shared by the devices; a measured time is a worker's (its runs shared the device with the
     machine's other workers as the sweep runs them), shared by the workers."""
     return sum(s / (workers if source == MEASURED else devices) for source, s in row.seconds.items())
-
-
-def sweep_order(todo: list[RunConfig], priority: dict) -> list[RunConfig]:
-    """The order the sweep takes its runs in: the configs' priorities, then the longest runs first."""
-    return sorted(todo, key=lambda c: (priority.get(c.run_id, 0), -estimated_samples(c), c.run_id))
 
 
 def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records: list[dict],

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import NETWORKS
 from .paper import table_2, table_3
 from .report import Results, summarize
 from .tables import _num, _pm, markdown
@@ -39,9 +40,8 @@ def paper_rows() -> list[tuple[str, float, int, str]]:
     """Every row of Tables 2 and 3 as (network, alpha, B, table): F1's first (POINTS), then C1's and C2's;
     Table 3's "without NE" rows are Table 2's alpha = 1 rows and appear once, as Table 2's."""
     table_2_keys = {(r["network"], float(r["alpha"]), int(r["b_opt"])) for r in table_2()}
-    order = {"F1": 0, "C1": 1, "C2": 2}
     return sorted(((*key, "Table 2" if key in table_2_keys else "Table 3") for key in paper_values()),
-                  key=lambda r: (order.get(r[0], 3), r[3], r[1]))
+                  key=lambda r: (NETWORKS.index(r[0]), r[3], r[1]))
 
 
 def protocol_runs(results: Results) -> pd.DataFrame:

@@ -5,7 +5,7 @@
     python -m nerepro.session plan configs/f1.toml --seeds 10 --network F1 --device cuda --seconds 250 --results R
 
 and passes the answer to `nerepro sweep --workers-per-device K --max-pack P`. The decision (`plan_sweep`) reads
-the cost model (`cost.estimated_steps`, `bench.training_flops_per_sample`) and what the last lease measured on
+the cost model (`cost.estimated_steps`, `cost.flop_per_sample`) and what the last lease measured on
 an H100 (`H100` below; results/performance.md, results/gpu/h100-2026-11-28/):
 
 - A step takes max(host, device) time: the host launches the same kernels whatever B (F1: 2.9-4.5 ms a step),
@@ -29,11 +29,11 @@ import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 
 from .config import RunConfig
-from .cost import Throughput, estimated_samples, estimated_steps, n_train
+from .cost import Throughput, estimated_steps, flop_per_sample, n_train
+from .sweep import form_packs, pause_margin, sweep_order
 
 # Runs take up to this many times the cost model's steps: the NE row of Table 2 under the Keras reading took
 # 10,485 steps on the CPU (seed 1) against the estimate 7,335 (1.43x); alpha = 1 at B = 900 took 10,251-10,988
@@ -85,17 +85,10 @@ class Outcome:
     not_started: list = field(default_factory=list)  # packs the sweep would not start
 
 
-@lru_cache(maxsize=None)
-def flops_per_sample(network: str) -> float:
-    from .bench import training_flops_per_sample
-
-    return training_flops_per_sample(network)
-
-
 def step_time(unit: list[RunConfig], device: DeviceModel) -> tuple[float, float, float]:
     """(step, host, arithmetic) seconds of one step of runs trained together (one run: a pack of one)."""
     packed = device.pack_ops if len(unit) > 1 else 1.0
-    flop = sum(c.samples_per_step(n_train(c)) * flops_per_sample(c.network) for c in unit)
+    flop = sum(c.samples_per_step(n_train(c)) * flop_per_sample(c.network) for c in unit)
     host, arithmetic = device.launch_s * packed, flop / (device.tflops * 1e12)
     return max(host, arithmetic, device.busy_s * packed), host, arithmetic
 
@@ -109,11 +102,6 @@ def device_share(unit: list[RunConfig], device: DeviceModel) -> float:
 def training_window(seconds: float, workers: int, device: DeviceModel) -> float:
     """Seconds of a sweep's --time-limit its runs can train: less its start and the pause before the limit."""
     return seconds - pause_margin(seconds) - device.start_s - (device.spawn_s if workers > 1 else 0.0)
-
-
-def pause_margin(seconds: float) -> float:
-    """How long before its --time-limit a sweep pauses its runs (cli.sweep)."""
-    return min(30.0, max(3.0, 0.05 * seconds))
 
 
 def simulate(units: list[list[RunConfig]], workers: int, window: float, device: DeviceModel,
@@ -150,12 +138,10 @@ def simulate(units: list[list[RunConfig]], workers: int, window: float, device: 
 def plan_sweep(runs: list[RunConfig], seconds: float, max_pack: int = 10, priority: dict | None = None,
                device: DeviceModel = H100, margin: float = STEPS_MARGIN) -> Plan:
     """Workers and pack size for a sweep of `runs` under `--time-limit seconds` on one device (module doc)."""
-    from .sweep import form_packs
-
     if not runs:
         return Plan(1, max_pack, "nothing to plan for: every run is recorded")
     priority = priority or {}
-    order = sorted(runs, key=lambda c: (priority.get(c.run_id, 0), -estimated_samples(c), c.run_id))
+    order = sweep_order(runs, priority)
     best = None
     for size in range(max_pack, 0, -1):
         units = form_packs(order, size, priority)

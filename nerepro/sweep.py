@@ -17,7 +17,7 @@ import torch
 
 from . import data as datasets
 from .config import RunConfig
-from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes
+from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples
 from .errors import ConfigError, ResultsError
 from .faults import (CUDA_EXIT, CUDA_RETRIES, BrokenContext, cuda_failures, log_events, log_size,
                      sticky_cuda_error)
@@ -163,7 +163,9 @@ def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_ev
                 retry = []
                 for cfg in rest:
                     results.log(f"cuda-error:{type(e).__name__}", cfg.run_id)
-                    if cuda_failures(results, cfg.run_id) > CUDA_RETRIES:
+                failing = cuda_failures(results)  # this failure included
+                for cfg in rest:
+                    if failing.get(cfg.run_id, 0) > CUDA_RETRIES:
                         deliver(error_record(cfg, e, cfg.device))
                     else:
                         retry.append(cfg.run_id)
@@ -221,6 +223,17 @@ def form_packs(runs: list[RunConfig], max_pack: int = 1, priority: dict | None =
                pack_key(cfg) if max_pack > 1 and packable(cfg) else cfg.run_id)
         groups.setdefault(key, []).append(cfg)
     return [members[i:i + max_pack] for members in groups.values() for i in range(0, len(members), max_pack)]
+
+
+def sweep_order(runs: list[RunConfig], priority: dict) -> list[RunConfig]:
+    """The order a sweep takes its runs in: the configs' priorities, then the longest runs first (cost.py)."""
+    return sorted(runs, key=lambda c: (priority.get(c.run_id, 0), -estimated_samples(c), c.run_id))
+
+
+def pause_margin(limit: float) -> float:
+    """How long before its --time-limit a sweep stops training: time to checkpoint, shut its workers down and
+    summarise inside the limit."""
+    return min(30.0, max(3.0, 0.05 * limit))
 
 
 def pending_runs(runs: list[RunConfig], results: ResultsDir) -> list[RunConfig]:
@@ -384,8 +397,9 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
         recorded = results.done() | {r["run_id"] for r in finished}
         left = [rest for unit in units if (rest := [c for c in unit if c.run_id not in recorded])]
         # a pack that broke a worker's CUDA context retries as runs alone: the batched path may be the fault
-        left = [part for unit in left for part in ([[c] for c in unit] if len(unit) > 1 and any(
-            cuda_failures(results, c.run_id) for c in unit) else [unit])]
+        failing = cuda_failures(results)
+        left = [part for unit in left for part in (
+            [[c] for c in unit] if len(unit) > 1 and any(c.run_id in failing for c in unit) else [unit])]
         schedule = Schedule(left, deadline, throughput)
         if not schedule.queue:
             break

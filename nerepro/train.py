@@ -14,7 +14,7 @@ import torch
 from . import data as datasets
 from . import fastpath
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunConfig
+from .config import READING_NAMES, RunConfig
 from .errors import ConfigError
 from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
@@ -24,8 +24,6 @@ from .sampling import PackDraws, make_sampler
 from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
 
 Progress = Callable[[int, str], None]  # at every check: (step, loss_text(...)), e.g. "L(w)=..." or "NE epoch mean=..."
-# How a reading of "the training loss" is named where it is shown (progress, end line, reports)
-READING_NAMES = {"full": "L(w)", "epoch_mean": "epoch mean L_B", "ne_epoch_mean": "epoch mean NE loss"}
 CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The record'
 
 
