@@ -156,6 +156,11 @@ def sweep(
     device: Device = "auto",
     workers_per_device: Annotated[Optional[int], typer.Option(
         help="Worker processes per GPU (or on the CPU) [default: 1 per GPU; on the CPU 1 per core].")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="Threads of each worker [default: the cores shared out among the workers]; e.g. 1 to leave "
+             "cores free beside a sweep. A run's results on the CPU depend on its thread count.")] = None,
+    max_priority: Annotated[Optional[int], typer.Option(
+        "--priority", help="Only the runs of the configs' priorities up to this one (1: the headline rows).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Only shard i/n of the grid, 0 <= i < n (e.g. a Slurm "
                                                       "array task: $SLURM_ARRAY_TASK_ID/16).")] = None,
     executor: Annotated[str, typer.Option(help="local (worker processes on this machine) or ray.")] = "local",
@@ -193,6 +198,8 @@ def sweep(
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
     if workers_per_device is not None and workers_per_device < 1:
         raise ConfigError("--workers-per-device must be at least 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     if pack not in ("auto", "on", "off") or max_pack < 1:
         raise ConfigError(f"--pack takes auto, on or off and --max-pack a positive number, got {pack!r}, {max_pack}")
     started = time.time()
@@ -202,6 +209,8 @@ def sweep(
     runs = [cfg for _, cfg in plan]
     if network:
         runs = [c for c in runs if c.network in network]
+    if max_priority is not None:
+        runs = [c for c in runs if priority[c.run_id] <= max_priority]
     if shard:
         runs = take_shard(runs, *parse_shard(shard))
     store = ResultsDir(results)
@@ -238,7 +247,7 @@ def sweep(
     if executor == "ray":
         options.update(address=address, gpus_per_run=gpus_per_run)
     else:
-        options.update(device=device, workers_per_device=workers_per_device)
+        options.update(device=device, workers_per_device=workers_per_device, threads=threads)
     try:
         run_sweep(todo, results, executor, **options)
     finally:

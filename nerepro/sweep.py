@@ -258,6 +258,11 @@ def slots(device: str, workers_per_device: int | None = None) -> list[str]:
     return [n for n in names for _ in range(workers_per_device)]
 
 
+def worker_threads(workers: int) -> int:
+    """Each worker's default share of the cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def summarize(records: list[dict]) -> Counter:
     return Counter(r["status"] for r in records)
 
@@ -341,7 +346,7 @@ def _worker_run(unit: list[RunConfig], root: str, deadline: float | None) -> lis
 
 def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
               data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
-              max_restarts: int = 3, deadline: float | None = None) -> list[dict]:
+              max_restarts: int = 3, deadline: float | None = None, threads: int | None = None) -> list[dict]:
     """Run `runs` (runs, or packs of runs: `form_packs`; in the order given) in one worker process per slot,
     or in this process if there is one slot; each worker keeps its datasets on its device. A pool whose
     worker died is restarted (at most `max_restarts` times, not counting workers that exit on a CUDA error
@@ -349,7 +354,7 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
     that breaks this process's context hands the runs left to a worker process, one at a time, as with one
     slot of a pool: the failed runs are retried there, and no later run fails for an earlier one's error.
     With a `deadline`, packs that cannot finish by then are not started and running ones pause in their
-    checkpoints."""
+    checkpoints. `threads`: each worker's threads (default: the cores shared out among the workers)."""
     import multiprocessing as mp
     import queue
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -357,7 +362,7 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
 
     names = slots(device, workers_per_device)
     # results on the CPU depend on the thread count, so it follows the requested layout, not the runs left
-    threads = max(1, (os.cpu_count() or 1) // len(names))
+    threads = threads or worker_threads(len(names))
     units = as_units(runs)
     names = names[:max(1, len(units))]
     throughput, finished = Throughput(), []
