@@ -76,7 +76,9 @@ def train(
         help="Before that, full checks only within this share of the training compute.")] = 0.02,
     stop_loss: Annotated[Optional[str], typer.Option(
         help="The loss L* and L** are read on: full (Eq. 1 over the training set), epoch_mean (mean minibatch "
-             "loss over the last epoch), ne_epoch_mean (the same for the NE loss) [default: ne_epoch_mean].")] = None,
+             "loss over the last epoch), ne_epoch_mean (the same for the NE loss), step (each step's own NE loss) "
+             "or running (the NE losses' mean since the epoch began); step and running need --check-every 1 "
+             "[default: ne_epoch_mean].")] = None,
     sampling: Annotated[Optional[str], typer.Option(
         help="independent (B, B' drawn afresh each step), epoch (each walks its own shuffled epochs), paired "
              "(halves of one 2B chunk of a shuffled epoch) [default: paired].")] = None,
@@ -86,7 +88,9 @@ def train(
     protocol: Annotated[Optional[str], typer.Option(
         help="A named reading of the paper's open choices: keras (the default) = --check-every epoch --stop-loss "
              "ne_epoch_mean --sampling paired --adam-update keras; eq1 = --check-every 50 --stop-loss full "
-             "--sampling independent --adam-update pytorch (L(w) of Eq. 1). Options given beside it win.")] = None,
+             "--sampling independent --adam-update pytorch (L(w) of Eq. 1); step = the Keras reading's draws and "
+             "Adam with --check-every 1 --stop-loss step (each step's own NE loss); keras-running = the same with "
+             "--stop-loss running (the epoch's running mean). Options given beside it win.")] = None,
     precision: Annotated[str, typer.Option(
         help="fp32 (TF32 convolutions on CUDA), tf32 (TF32 matmuls too), bf16 (autocast body) or fp64 (a "
              "float64 reference: slow; two computations of a run agree to float64 rounding).")] = "fp32",
@@ -96,6 +100,9 @@ def train(
     compile: Annotated[str, typer.Option(help="auto (torch.compile for C1/C2 on CUDA), off, default, reduce-overhead.")] = "auto",
     save_weights: Annotated[bool, typer.Option(
         help="Also write the final weights to DIR/<run_id>.weights.pt (for `nerepro noise --weights`).")] = False,
+    trace: Annotated[bool, typer.Option(
+        help="Keep every step's L_B and NE loss in <run_id>.trace.csv.gz beside the record (`nerepro "
+             "passage` reads it).")] = False,
     full_checks: Annotated[bool, typer.Option(
         help="Full checks evaluate the whole training set (no early exit; same decisions, slower). With "
              "--check-gate 0 every check is such a pass.")] = False,
@@ -110,6 +117,7 @@ def train(
     from .config import RunConfig, with_protocol
     from .display import RunProgress, summary_line
     from .record import check_writable, write_json_atomic
+    from .trace import write_record_trace
     from .train import train as run_training
 
     chosen = {k: v for k, v in dict(check_every=parse_check_every(check_every), stop_loss=stop_loss,
@@ -119,12 +127,13 @@ def train(
                     l_star_star=l_star_star, ghost_batch_size=ghost_batch_size, bn_eps=bn_eps,
                     bn_momentum=bn_momentum, check_gate=check_gate, check_budget=check_budget, precision=precision,
                     reference=reference, compile=compile, check_early_exit=not full_checks, device=device,
-                    **with_protocol(protocol, chosen))
+                    trace=trace, **with_protocol(protocol, chosen))
     check_writable(out)
     weights = out / f"{cfg.run_id}.weights.pt" if save_weights else None
     with RunProgress(cfg.max_steps, cfg.run_id) as progress:
         record = run_training(cfg, data_dir=data_dir, progress=progress, save_weights=weights)
-    path = write_json_atomic(out / f"{record['run_id']}.json", record)
+    path = out / f"{record['run_id']}.json"
+    path = write_json_atomic(path, write_record_trace(record, path))
     typer.echo(summary_line(record, path) + (f" (weights: {weights})" if weights else ""))
 
 

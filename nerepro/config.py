@@ -29,11 +29,22 @@ ADAM_UPDATES = ("pytorch", "keras")
 # drawn independently each step, PyTorch's Adam (nerepro's default before the protocol study).
 PROTOCOLS = {"keras": {"check_every": "epoch", "stop_loss": "ne_epoch_mean", "sampling": "paired",
                        "adam_update": "keras"},
-             "eq1": {"check_every": 50, "stop_loss": "full", "sampling": "independent", "adam_update": "pytorch"}}
+             "eq1": {"check_every": 50, "stop_loss": "full", "sampling": "independent", "adam_update": "pytorch"},
+             # a hand-written loop that tests the loss it just computed, alpha L_B + (1 - alpha) L_B', at every
+             # step: a TF2 GradientTape loop over a shuffled dataset of 2B-sample batches with Keras' Adam, i.e.
+             # the Keras reading's draws and update (so both share a trajectory until the first halving) with
+             # only the reading changed (configs/README.md, protocol table)
+             "step": {"check_every": 1, "stop_loss": "step", "sampling": "paired", "adam_update": "keras"},
+             # the Keras reading read by a callback at every batch's end: since TF 2.2 logs["loss"] there is
+             # the running mean of the epoch's NE losses so far
+             "keras-running": {"check_every": 1, "stop_loss": "running", "sampling": "paired",
+                               "adam_update": "keras"}}
 DEFAULT_PROTOCOL = "keras"
-STOP_LOSSES = ("full", "epoch_mean", "ne_epoch_mean")
+STOP_LOSSES = ("full", "epoch_mean", "ne_epoch_mean", "step", "running")
+STEP_READINGS = ("step", "running")  # read at every step, on the losses the step itself computed
 # How each reading of "the training loss" is named where it is shown (progress, end line)
-READING_NAMES = {"full": "L(w)", "epoch_mean": "epoch mean L_B", "ne_epoch_mean": "epoch mean NE loss"}
+READING_NAMES = {"full": "L(w)", "epoch_mean": "epoch mean L_B", "ne_epoch_mean": "epoch mean NE loss",
+                 "step": "step NE loss", "running": "running epoch mean NE loss"}
 SAMPLINGS = ("independent", "epoch", "paired")
 
 
@@ -61,7 +72,8 @@ class RunConfig:
     check_gate: float = 4.0  # (id) full checks every check_every steps once the mean minibatch loss < gate x target; 0 = always
     check_budget: float = 0.02  # (id) before that, full checks only within this share of the training compute
     precision: str = "fp32"  # (id) "fp32" (TF32 convolutions on CUDA), "tf32" (TF32 matmuls too) or "bf16"
-    stop_loss: str = "ne_epoch_mean"  # (id) the loss L* and L** are read on: "full" (Eq. 1), "epoch_mean", "ne_epoch_mean"
+    stop_loss: str = "ne_epoch_mean"  # (id) the loss L* and L** are read on: "full" (Eq. 1), "epoch_mean",
+    # "ne_epoch_mean", or at every step "step" (the step's own NE loss) or "running" (its epoch's running mean)
     sampling: str = "paired"  # (id) how B and B' are drawn: "independent", "epoch", "paired"
     reference: str = "minibatch"  # (id) what replaces grad L in Eq. (5): "minibatch" B' (Eq. 6) or "full" grad L
     sampler_version: int = SAMPLER_VERSION  # (id) the minibatch sampler's rule (sampling.py); only the current runs
@@ -69,6 +81,7 @@ class RunConfig:
     check_chunk: int = 10_000  # samples per forward pass in loss checks; memory only, not the result
     check_early_exit: bool = True  # stop a check once its partial sum proves L >= target (same decisions)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; not part of the run id
+    trace: bool = False  # keep every step's L_B and NE loss (DIR/traces/<run_id>.csv.gz); not part of the run id
 
     def __post_init__(self):
         validate(self)
@@ -223,6 +236,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.check_every != "epoch" and (not isinstance(cfg.check_every, int) or isinstance(cfg.check_every, bool)
                                        or cfg.check_every < 1):
         raise ConfigError(f"check-every must be a positive number of steps or 'epoch', got {cfg.check_every!r}")
+    if not isinstance(cfg.trace, bool):
+        raise ConfigError(f"trace must be true or false, got {cfg.trace!r}")
     if cfg.adam_update not in ADAM_UPDATES:
         raise ConfigError(f"unknown Adam update {cfg.adam_update!r}: choose one of {', '.join(ADAM_UPDATES)}")
     for name in ("max_steps", "ghost_batch_size", "check_chunk"):
@@ -245,9 +260,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown stop loss {cfg.stop_loss!r}: choose one of {', '.join(STOP_LOSSES)}")
     if cfg.sampling not in SAMPLINGS:
         raise ConfigError(f"unknown sampling {cfg.sampling!r}: choose one of {', '.join(SAMPLINGS)}")
-    if cfg.reference == "full" and (cfg.stop_loss == "ne_epoch_mean" or cfg.sampling != "independent"):
+    if cfg.reference == "full" and (cfg.stop_loss not in ("full", "epoch_mean") or cfg.sampling != "independent"):
         raise ConfigError("--reference full draws no B': use it with --stop-loss full or epoch_mean and "
                           "--sampling independent (e.g. --protocol eq1)")
+    if cfg.stop_loss in STEP_READINGS and cfg.check_every != 1:
+        raise ConfigError(f"--stop-loss {cfg.stop_loss} is read at every step: use --check-every 1 "
+                          f"(--protocol {'step' if cfg.stop_loss == 'step' else 'keras-running'} sets both)")
+    if cfg.stop_loss == "full" and cfg.check_every == 1:
+        raise ConfigError("--stop-loss full with --check-every 1 evaluates L(w) over the whole training set at "
+                          "every step: read the step's own loss (--protocol step), its epoch's running mean "
+                          "(--protocol keras-running), or check L(w) every 50 steps (--protocol eq1)")
     if cfg.sampler_version != SAMPLER_VERSION:
         raise ConfigError(f"sampler version {cfg.sampler_version!r} no longer runs (version 1 drew different "
                           f"minibatches on each device; its records stay readable): use {SAMPLER_VERSION}")

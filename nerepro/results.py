@@ -2,6 +2,7 @@
 
 Layout (README, 'Results directory'):
   DIR/runs/<run_id>.json         one record per run, written atomically
+  DIR/runs/<run_id>.trace.csv.gz with --trace: every step's L_B and NE loss, written before the record
   DIR/checkpoints/<run_id>.pt    state of a run in progress; removed once its record is written
   DIR/corrupt/                   unreadable records moved aside (their runs are redone)
   DIR/sweep.log                  one line per event: time, host, pid, event, run id
@@ -22,6 +23,7 @@ import pandas as pd
 from .config import DEFAULT_PROTOCOL, LATER_FIELDS, PROTOCOLS, RunConfig
 from .errors import ResultsError
 from .record import read_record, remove_stale_temp_files, write_json_atomic
+from .trace import write_record_trace
 
 # runs.csv: every scalar field of a record, plus these settings and provenance fields (README, 'runs.csv')
 CONFIG_COLUMNS = ("max_steps", "l_star", "l_star_star")
@@ -81,7 +83,8 @@ class ResultsDir:
 
     def write(self, record: dict) -> Path:
         """Write a record atomically, then drop the run's checkpoint (never the other way round)."""
-        path = write_json_atomic(self.record_path(record["run_id"]), record)
+        path = self.record_path(record["run_id"])
+        path = write_json_atomic(path, write_record_trace(record, path))
         self.checkpoint_path(record["run_id"]).unlink(missing_ok=True)
         self.log(f"recorded:{record['status']}", record["run_id"])
         return path

@@ -62,6 +62,19 @@ class EpochWindow:
         """Each run's mean over the last epoch (or over the steps so far, before the first epoch is complete)."""
         return self.values[:, int(ne), :min(self.count, self.size)].mean(1).tolist()
 
+    def running(self, ne: bool) -> torch.Tensor:
+        """Each run's mean since the current epoch began (the epoch's mean at its last step), on the device.
+        Epochs begin every `size` steps from step 0: the window is kept from a run's first step."""
+        return self.values[:, int(ne), :(self.count - 1) % self.size + 1].mean(1)
+
+    def last(self, ne: bool) -> torch.Tensor:
+        """Each run's value at the step just taken, on the device."""
+        return self.values[:, int(ne), (self.count - 1) % self.size]
+
+    def reading(self, stop_loss: str) -> torch.Tensor:
+        """The per-step readings: "step" (the step's NE loss) or "running" (its epoch's running mean)."""
+        return self.last(ne=True) if stop_loss == "step" else self.running(ne=True)
+
     def keep(self, runs: list[int]) -> None:
         """Only these runs from now on (the others left the pack)."""
         self.values = self.values[runs]

@@ -14,7 +14,7 @@ import torch
 from . import data as datasets
 from . import fastpath
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import READING_NAMES, RunConfig
+from .config import READING_NAMES, STEP_READINGS, RunConfig
 from .errors import ConfigError
 from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
@@ -22,6 +22,7 @@ from .pack import backward_pack, check_pack, pack_dataset_loss, pack_objective
 from .record import finite_or_none, git_state, provenance
 from .sampling import PackDraws, make_sampler
 from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
+from .trace import StepTrace
 
 Progress = Callable[[int, str], None]  # at every check: (step, loss_text(...)), e.g. "L(w)=..." or "NE epoch mean=..."
 CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The record'
@@ -55,6 +56,7 @@ class RunState:
     since_check: int = 0  # steps since the last check, and the sum of their minibatch losses (a checkpoint
     minibatch_sum: float = 0.0  # between checks, when a time limit pauses the run, continues them)
     curve: dict = field(default_factory=lambda: {k: [] for k in CURVE})
+    trace: dict | None = None  # with --trace: every step's L_B and NE loss so far (trace.py)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -196,6 +198,13 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
     keras_adam = cfg.optimizer == "adam" and cfg.effective_adam_update == "keras"
     l_star, l_star_star = cfg.target_losses
     window = _window(cfg, data, device, runs=size)  # one window for the pack, its rows the members' saved windows
+    per_step = cfg.effective_stop_loss in STEP_READINGS
+    # a per-step reading is decided once the next step's gradient is queued, so that reading it on the host does
+    # not leave the device idle; not where a forward changes the model (batch norm's running statistics)
+    pipelined = per_step and not cfg.uses_ghost_batch_norm
+    epoch = cfg.steps_per_epoch(data.n_train)
+    pending = None  # per-step readings: (step, readings on the device) of the step taken but not yet decided
+    tracer = StepTrace() if cfg.trace else None
     if window is not None:
         for i, m in enumerate(members):
             if m.state.window is not None:
@@ -212,6 +221,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
 
     def save() -> None:
         nonlocal t_start, last_save
+        if tracer is not None:
+            tracer.flush([m.state for m in members])
         sums, now = minibatch_sum.tolist(), time.perf_counter()
         for i, m in enumerate(members):
             m.state.wall_before += now - t_start  # every member was in the pack for the whole segment
@@ -225,6 +236,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         if device.type == "cuda":  # the loop's time is the device's work, not the host's enqueueing
             torch.cuda.synchronize(device)
         loop_s = time.perf_counter() - t_loop
+        if tracer is not None:
+            tracer.flush([m.state for m in members])
         if save_weights:
             torch.save(m.model.state_dict(), save_weights)
         test_loss = test_acc = train_loss_full = float("nan")
@@ -240,12 +253,74 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
             record["provenance"]["compile"] = "off"
         if window is not None:
             record["train_loss_full"] = finite_or_none(train_loss_full)
+        if m.cfg.trace:
+            record["trace"] = m.state.trace or {"loss_b": [], "objective": []}
         records[m.cfg.run_id] = record
         if on_record:
             on_record(record)
 
+    def leave(ended: list[int]) -> list[int] | None:
+        """Runs that ended leave the pack, the rest go on without their cost; returns the indices kept."""
+        nonlocal draws, alphas, minibatch_sum
+        if not ended:
+            return None
+        for i in ended:
+            finish(members[i])
+        keep = [i for i in range(len(members)) if i not in ended]
+        if tracer is not None:
+            tracer.keep(keep, [m.state for m in members])
+        members[:] = [members[i] for i in keep]  # in place: the caller's list lets the ended runs go too
+        draws = PackDraws([m.sampler for m in members]) if members else None
+        alphas, minibatch_sum = alphas[keep], minibatch_sum[keep]
+        if window is not None:
+            window.keep(keep)
+        return keep
+
+    def settle() -> list[int] | None:
+        """Decide the pending step of a per-step reading (halve, stop or go on) for every run; returns the
+        indices of the runs kept where some ended."""
+        nonlocal pending, since_check
+        if pending is None:
+            return None
+        at, readings = pending
+        pending = None
+        values, minibatch_means = readings.tolist()  # the one host read of a step
+        t_check = time.perf_counter()
+        minibatch_sum.zero_()
+        since_check = 0
+        ended = []
+        for i, m in enumerate(members):
+            state = m.state
+            action = next_action(values[i], state.halved_at is not None, l_star, l_star_star)
+            if action is Action.HALVE:
+                state.halved_at = at
+                for group in m.optimizer.param_groups:
+                    group["lr"] = m.cfg.learning_rate / 2
+            if action is not Action.CONTINUE or at % epoch == 0 or at == cfg.max_steps:  # a curve row
+                row = (at, finite_or_none(values[i]), True, finite_or_none(minibatch_means[i]),
+                       m.optimizer.param_groups[0]["lr"])
+                for key, value in zip(CURVE, row):
+                    state.curve[key].append(value)
+                if progress:
+                    progress(m.cfg.run_id, at, loss_text(values[i], True, minibatch_means[i],
+                                                         m.cfg.effective_stop_loss))
+            if action in (Action.STOP, Action.DIVERGE):
+                state.status = "converged" if action is Action.STOP else "diverged"
+                ended.append(i)
+        check_s = time.perf_counter() - t_check
+        for m in members:
+            m.state.check_s += check_s
+        keep = leave(ended)
+        if members and checkpoint_every_s is not None and time.perf_counter() - last_save >= checkpoint_every_s \
+                and at < cfg.max_steps:
+            save()
+        return keep
+
     while members and step < cfg.max_steps:
         if deadline is not None and time.time() >= deadline:
+            settle()
+            if not members:
+                break
             save()
             raise OutOfTime([m.cfg.run_id for m in members], step)
         idx = draws.draw(step)  # (runs, n): each run's [B; B'] from its own sampler
@@ -266,6 +341,12 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
                 objective, loss_b, stacks = pack_objective(models, data.x_train[idx], data.y_train[idx],
                                                            cfg.batch_size, alphas)
                 backward_pack(models, objective, stacks)
+        if pending is not None:  # the previous step's reading, read while this step's gradient is computed
+            keep = settle()
+            if not members:
+                break  # this step's gradient is dropped: every run has ended
+            if keep is not None:
+                objective, loss_b = objective[keep], loss_b[keep]
         for m in members:
             if keras_adam:
                 keras_adam_eps(m.optimizer, m.cfg.adam_eps, step + 1)
@@ -273,9 +354,16 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
         if window is not None:
             window.add(loss_b.detach(), objective.detach())
+        if tracer is not None:
+            tracer.add(loss_b, objective, [m.state for m in members])
         step, since_check = step + 1, since_check + 1
         for m in members:
             m.state.step = step
+        if per_step:  # read on the device now, decided at the next step's gradient (or here, unpipelined)
+            pending = (step, torch.stack([window.reading(cfg.effective_stop_loss), window.running(ne=False)]))
+            if not pipelined:
+                settle()
+            continue
         if step % check_every and not (final_evaluation and step == cfg.max_steps):
             continue
 
@@ -304,19 +392,12 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
             if action in (Action.STOP, Action.DIVERGE):
                 state.status = "converged" if action is Action.STOP else "diverged"
                 ended.append(i)
-        if ended:  # a run that ended leaves the pack: the rest go on without its cost
-            for i in ended:
-                finish(members[i])
-            keep = [i for i in range(len(members)) if i not in ended]
-            members[:] = [members[i] for i in keep]  # in place: the caller's list lets the ended runs go too
-            draws = PackDraws([m.sampler for m in members]) if members else None
-            alphas, minibatch_sum = alphas[keep], minibatch_sum[keep]
-            if window is not None:
-                window.keep(keep)
+        leave(ended)
         if members and checkpoint_every_s is not None and time.perf_counter() - last_save >= checkpoint_every_s \
                 and step < cfg.max_steps:
             save()
 
+    settle()  # the last step's reading
     for m in members:  # max_steps reached: not converged
         finish(m)
     return [records[run_id] for run_id in order]

@@ -86,7 +86,7 @@ def test_kurtosis_and_tail_index_estimators():
 def test_full_reference_is_eq5():
     """One SGD step with --reference full moves w by -lr (alpha grad L_B + (1 - alpha) grad L) (Eq. 5)."""
     data = synthetic_data(n_train=120)
-    cfg = RunConfig(network="F1", alpha=2.0, batch_size=30, optimizer="sgd", lr=0.1, max_steps=1, check_every=1,
+    cfg = RunConfig(network="F1", alpha=2.0, batch_size=30, optimizer="sgd", lr=0.1, max_steps=1, check_every=10,
                     reference="full", check_chunk=50, device="cpu", stop_loss="full", sampling="independent")
     import tempfile
     from pathlib import Path
