@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import data as datasets
-from .config import RunConfig
+from .config import RunConfig, with_protocol
 from .errors import ConfigError
 from .fastpath import compile_mode
 from .models import build_model
@@ -90,13 +90,24 @@ def bench_data(network: str, device: torch.device, data_dir: str | None) -> tupl
     return fake.to(device), False
 
 
+def readings(protocol: str | None, check_every: int) -> dict:
+    """The reading a benchmark trains under: a named protocol's settings, else checks every `check_every` steps."""
+    return with_protocol(protocol, {}) if protocol else {"check_every": check_every}
+
+
+def warmup_run(cfg: RunConfig, steps: int) -> RunConfig:
+    """A short run of `cfg` that ends in a loss check (a per-step reading checks at every step anyway)."""
+    return cfg.replace(max_steps=steps, **({} if cfg.check_every == 1 else {"check_every": steps}))
+
+
 def bench(network: str, batch_size: int, alpha: float, steps: int, device: str = "auto", precision: str = "fp32",
-          check_every: int = 50, compile: str = "auto", warmup: int = 20, data_dir: str | None = None) -> dict:
+          check_every: int = 50, compile: str = "auto", warmup: int = 20, data_dir: str | None = None,
+          protocol: str | None = None) -> dict:
     """Train `steps` steps from seed 0 (after `warmup` discarded steps: compilation, autotuning) and measure."""
     timed_precision(precision)
     dev = resolve_device(device)
     cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=0, max_steps=steps,
-                    check_every=check_every, precision=precision, compile=compile, device=str(dev))
+                    precision=precision, compile=compile, device=str(dev), **readings(protocol, check_every))
     data, real = bench_data(network, dev, data_dir)
     t_warmup = time.perf_counter()
     if warmup:
@@ -117,7 +128,8 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
     achieved = samples_per_s * flops / 1e12
     return {
         "network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision,
-        "compile": compile_mode(compile, dev, network), "steps": record["steps"], "check_every": check_every,
+        "compile": compile_mode(compile, dev, network), "steps": record["steps"], "check_every": cfg.check_every,
+        "protocol": protocol, "stop_loss": cfg.effective_stop_loss,
         "data": "real" if real else "random", "device": device_name(dev), "device_type": dev.type,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "steps_per_s": record["steps"] / loop_s, "samples_per_s": samples_per_s,
@@ -132,7 +144,7 @@ def bench(network: str, batch_size: int, alpha: float, steps: int, device: str =
 
 def bench_pack(network: str, batch_size: int, alpha: float, steps: int, runs: int, device: str = "auto",
                precision: str = "fp32", check_every: int = 50, warmup: int = 5, data_dir: str | None = None,
-               workers: int = 0) -> dict:
+               workers: int = 0, protocol: str | None = None) -> dict:
     """`runs` runs (seeds 0..runs-1) trained as one pack (README, 'Packs') against the baseline: the same runs
     one after another in this process; with `workers` K > 1, also the sweep's alternative, K worker processes
     on the device (`nerepro sweep --workers-per-device K`), each given every K-th run and the sweep's share of
@@ -143,11 +155,11 @@ def bench_pack(network: str, batch_size: int, alpha: float, steps: int, runs: in
     timed_precision(precision)
     dev = resolve_device(device)
     cfgs = [RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=s, max_steps=steps,
-                      check_every=check_every, precision=precision, device=str(dev)) for s in range(runs)]
+                      precision=precision, device=str(dev), **readings(protocol, check_every)) for s in range(runs)]
     data, real = bench_data(network, dev, data_dir)
     flops = training_flops_per_sample(network)
     if warmup:  # ending in a loss check, so that neither way is timed loading the check's kernels
-        warm = [c.replace(max_steps=warmup, check_every=warmup) for c in cfgs]
+        warm = [warmup_run(c, warmup) for c in cfgs]
         train_pack(warm, data=data, final_evaluation=False)
         train(warm[0], data=data, final_evaluation=False)
     out = {}
@@ -164,7 +176,8 @@ def bench_pack(network: str, batch_size: int, alpha: float, steps: int, runs: in
                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         out[way] = {**timing(records, seconds, flops), "peak_memory_gib": memory / 2 ** 30}
     result = {"network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision, "runs": runs,
-              "steps": steps, "check_every": check_every, "data": "real" if real else "random",
+              "steps": steps, "check_every": cfgs[0].check_every, "protocol": protocol,
+              "data": "real" if real else "random",
               "device": device_name(dev), "device_type": dev.type, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "gflop_per_sample": flops / 1e9,
               "baseline": f"{runs} runs one after another in one process", "single": out["single"],
@@ -222,7 +235,7 @@ def _bench_worker(cfgs: list[RunConfig], threads: int, warmup: int, data_dir: st
             torch.cuda.set_device(dev.index or 0)
         data, _ = bench_data(cfgs[0].network, dev, data_dir)
         if warmup:
-            train(cfgs[0].replace(max_steps=warmup, check_every=warmup), data=data, final_evaluation=False)
+            train(warmup_run(cfgs[0], warmup), data=data, final_evaluation=False)
         barrier.wait()
         records = [train(c, data=data, final_evaluation=False) for c in cfgs]
         results.put([{k: r[k] for k in ("loop_s", "steps", "samples_processed")} for r in records])
@@ -249,8 +262,10 @@ def summary(result: dict) -> str:
     r = result
     return (f"{r['network']} B={r['batch_size']} alpha={r['alpha']:g} {r['precision']} on {r['device']} "
             f"({r['device_type']}, {r['threads']} threads, compile {r['compile']}, {r['data']} data): "
+            + (f"protocol {r['protocol']}: " if r.get("protocol") else "") +
             f"{r['steps_per_s']:.2f} steps/s, {r['samples_per_s']:.0f} samples/s, "
             f"{r['achieved_tflops']:.3g} TFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the measured "
-            f"{r['peak_kind']} matmul peak {r['peak_tflops']:.3g} TFLOP/s; checks {100 * r['check_share']:.1f}% "
+            f"{r['peak_kind']} matmul peak {r['peak_tflops']:.3g} TFLOP/s; checks (per-step readings: their "
+            f"decisions on the host) {100 * r['check_share']:.1f}% "
             f"of the loop; peak {r['memory_kind']} memory {r['peak_memory_gib']:.2f} GiB; warm-up "
             f"({r['warmup_steps']} steps, compilation included) {r['warmup_s']:.1f} s")

@@ -404,6 +404,27 @@ def protocol(results: ResultsOpt, out: OutOpt = None):
     typer.echo(write_protocol(loaded, out))
 
 
+@app.command(short_help="When each reading first falls below L*, on traced runs' trajectories.",
+             epilog="Details: configs/README.md (the readings).")
+def passage(results: ResultsOpt, out: OutOpt = None):
+    """For every run recorded with --trace: the step at which each reading of the training loss (the step's NE
+    loss, its L_B, the epoch's running mean, the epoch mean, means over 2-30 steps) first falls below L* on that
+    trajectory, and its spread on the plateau above L*; writes passage.md, passage.csv and passage.png.
+
+    Example: nerepro passage --results results/f1 --out results/f1/report
+    """
+    from .errors import ResultsError
+    from .passage import write_passage
+
+    if not (results / "runs").is_dir():
+        raise ResultsError(f"no records in {results / 'runs'}: run `nerepro sweep ... --results {results}` first")
+    text = write_passage(results, out or results / "report")
+    if text is None:
+        raise ResultsError(f"no traced runs in {results}: record some with `nerepro train --trace` or "
+                           "`trace = true` in a sweep config's [settings]")
+    typer.echo(text)
+
+
 @app.command(short_help="Rebuild runs.csv and every table, figure and claim at once.",
              epilog="Details: results/README.md")
 def report(results: ResultsOpt, out: OutOpt = None):
@@ -415,6 +436,7 @@ def report(results: ResultsOpt, out: OutOpt = None):
     from .claims import write_claims
     from .figures import write_figures
     from .page import write_page
+    from .passage import write_passage
     from .protocol import write_protocol
     from .results import collect as collect_records
     from .tables import write_tables
@@ -429,6 +451,8 @@ def report(results: ResultsOpt, out: OutOpt = None):
     typer.echo(_claims_line(write_claims(loaded, out), out))
     write_protocol(loaded, out)
     typer.echo(f"protocol -> {out / 'protocol.md'}")
+    if write_passage(results, out) is not None:
+        typer.echo(f"first passages of the readings -> {out / 'passage.md'}")
     typer.echo(f"page -> {write_page(loaded, results, out)}")
 
 
@@ -449,6 +473,9 @@ def bench(
                                            "(F1); 1: a single run.")] = 1,
     workers: Annotated[int, typer.Option(help="With --pack: also time the runs in this many worker processes, "
                                               "as `sweep --workers-per-device` would (opt-in: it starts them).")] = 0,
+    protocol: Annotated[Optional[str], typer.Option(
+        help="Train under a named reading (keras, eq1, step, keras-running: see `nerepro train --help`); its "
+             "cadence replaces --check-every. E.g. step times the per-step read and decision.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object instead of the summary line.")] = False,
 ):
     """Time the training loop: steps/s, samples/s, TFLOP/s against a matmul peak measured now, check share, memory.
@@ -469,11 +496,11 @@ def bench(
         raise ConfigError(f"--workers goes with --pack R and takes 2 to R worker processes, got {workers}")
     if pack > 1:
         result = bench_pack(network, batch_size, alpha, steps, pack, device, precision, check_every, warmup,
-                            str(data_dir) if data_dir else None, workers)
+                            str(data_dir) if data_dir else None, workers, protocol)
         typer.echo(json.dumps(result) if json_out else pack_summary(result))
         return
     result = run_bench(network, batch_size, alpha, steps, device, precision, check_every, compile, warmup,
-                       str(data_dir) if data_dir else None)
+                       str(data_dir) if data_dir else None, protocol)
     typer.echo(json.dumps(result) if json_out else summary(result))
 
 

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from .figures import FIGURES, PROTOCOL_FIGURE, figure_stems
+from .passage import PASSAGE_FIGURE
 from .protocol import protocol_runs
 from .report import Results
 from .results import DEFAULT_VARIANT
@@ -44,6 +45,12 @@ def write_page(results: Results, results_dir: Path, out: Path) -> Path:
         parts += [_section(out / "protocol.md", results), _image(out, PROTOCOL_FIGURE, (
             "Each reading's convergence steps and test accuracy at the rows of Tables 2-3 that have runs, against "
             "the paper's mean ± 2σ")), _files(out, "protocol.csv")]
+    if (out / "passage.md").is_file():
+        parts += [_section(out / "passage.md", results), _image(out, PASSAGE_FIGURE, (
+            "Readings of the training loss on traced trajectories near L*: the step's NE loss, its epoch's running "
+            "mean, the mean over 10 steps and the epoch mean (Keras' reading), with each one's first passage below L* "
+            "dotted, the traced run's halving solid and the paper's convergence steps ± σ shaded")),
+            _files(out, "passage.csv")]
     sources = _sources(results_dir, out)
     parts += ["## Files", "\n".join(f"- {line}" for line in sources)] if sources else []
     text = "\n\n".join(p for p in parts if p) + "\n"

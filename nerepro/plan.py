@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import NETWORKS, RunConfig
+from .config import DEFAULT_PROTOCOL, NETWORKS, RunConfig
 from .cost import (Throughput, _reference_steps, estimated_flop, estimated_samples, estimated_seconds,
                    estimated_steps)
 
@@ -30,6 +30,7 @@ class PlanRow:
     flop: float = 0.0
     seconds: dict = dataclasses.field(default_factory=dict)  # source -> seconds on one device, summed
     unknown: int = 0  # runs to do without a time estimate
+    readings: dict = dataclasses.field(default_factory=dict)  # reading (a protocol's name, or "other") -> runs
 
     @property
     def time_s(self) -> float:
@@ -39,6 +40,8 @@ class PlanRow:
     def add(self, other: "PlanRow") -> None:
         for name in ("todo", "recorded", "packs", "steps", "samples", "flop", "unknown"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reading, count in other.readings.items():
+            self.readings[reading] = self.readings.get(reading, 0) + count
         for source, seconds in other.seconds.items():
             self.seconds[source] = self.seconds.get(source, 0.0) + seconds
 
@@ -59,6 +62,9 @@ def plan_rows(runs: list[RunConfig], done: set[str], priority: dict, max_pack: i
         todo = [c for c in members if c.run_id not in done]
         row = PlanRow(network, rank, todo=len(todo), recorded=len(members) - len(todo),
                       packs=len(form_packs(todo, max_pack, priority)))
+        for cfg in members:
+            reading = reading_name(cfg)
+            row.readings[reading] = row.readings.get(reading, 0) + 1
         for cfg in todo:
             row.steps += estimated_steps(cfg, reference)
             row.samples += estimated_samples(cfg, reference)
@@ -71,6 +77,18 @@ def plan_rows(runs: list[RunConfig], done: set[str], priority: dict, max_pack: i
         rows.append(row)
         total.add(row)
     return rows + [total]
+
+
+def reading_name(cfg: RunConfig) -> str:
+    """The named reading (config.PROTOCOLS) a run follows, or "other"."""
+    from .results import DEFAULT_VARIANT, variant_of
+
+    variant = variant_of({"network": cfg.network, "alpha": cfg.alpha, "batch_size": cfg.batch_size,
+                          "config": cfg.record_config()})
+    if variant == DEFAULT_VARIANT:
+        return DEFAULT_PROTOCOL
+    named = variant.split(", ")[0]
+    return named.removeprefix("protocol=") if named.startswith("protocol=") and "," not in variant else "other"
 
 
 def machine_wall_s(row: PlanRow, devices: int, workers: int) -> float:
@@ -135,18 +153,25 @@ def render_table(rows: list[PlanRow]) -> list[str]:
     some have none."""
     with_priority = any(r.priority is not None for r in rows)
     header = ["network", *(["priority"] if with_priority else []), "to do", "recorded", "packs", "steps",
-              "samples", "FLOP", "device time", "speed"]
+              "samples", "FLOP", "device time", "speed", "readings"]
     table = [header]
     for r in rows:
         time = "-" if not r.todo else "?" if r.unknown == r.todo else _duration(r.time_s) + ("+?" if r.unknown else "")
         speed = ", ".join(sorted(r.seconds)) or "-"  # "measured", or the --tflops name=TFLOP/s that applied
         table.append([r.network, *([("" if r.priority is None else str(r.priority))] if with_priority else []),
                       f"{r.todo:,}", f"{r.recorded:,}", f"{r.packs:,}", _sci(r.steps), _sci(r.samples), _sci(r.flop),
-                      time, speed])
+                      time, speed, _readings(r)])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    left = {0, len(header) - 1}  # network and speed: text
+    left = {0, len(header) - 2, len(header) - 1}  # network, speed and readings: text
     return ["  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
                       ).rstrip() for row in table]
+
+
+def _readings(row: PlanRow) -> str:
+    """'step', 'keras,eq1', 'other': the row's readings (the total: their count)."""
+    if row.network == "total":
+        return f"{len(row.readings)} kinds" if len(row.readings) > 1 else next(iter(row.readings), "-")
+    return ",".join(sorted(row.readings, key=lambda name: name == "other"))
 
 
 def _sci(x: float) -> str:

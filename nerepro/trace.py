@@ -41,8 +41,9 @@ class StepTrace:
         values = torch.stack(self.pending).double().cpu().numpy()  # (steps, runs, 2)
         self.pending.clear()
         for i, state in enumerate(states):
-            if state.trace is None:
-                state.trace = {"loss_b": [], "objective": []}
+            if state.trace is None:  # from the step its first pending value was taken at (a run resumed from a
+                # checkpoint written without --trace has no earlier steps)
+                state.trace = {"first_step": state.step - len(values) + 1, "loss_b": [], "objective": []}
             state.trace["loss_b"] += values[:, i, 0].tolist()
             state.trace["objective"] += values[:, i, 1].tolist()
 
@@ -67,11 +68,12 @@ def write_record_trace(record: dict, record_path: Path) -> dict:
 
 
 def write_trace(path: Path, trace: dict) -> Path:
-    """Write a trace ({"loss_b": [...], "objective": [...]}, step 1 first) atomically as CSV, gzip'd."""
+    """Write a trace ({"loss_b": [...], "objective": [...]}, from step "first_step", 1 by default) atomically as
+    CSV, gzip'd."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = io.StringIO()
     text.write(",".join(COLUMNS) + "\n")
-    for step, (lb, ne) in enumerate(zip(trace["loss_b"], trace["objective"]), start=1):
+    for step, (lb, ne) in enumerate(zip(trace["loss_b"], trace["objective"]), start=trace.get("first_step", 1)):
         text.write(f"{step},{float(lb)!r},{float(ne)!r}\n")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with gzip.open(tmp, "wt", compresslevel=9) as f:

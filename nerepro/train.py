@@ -254,7 +254,7 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         if window is not None:
             record["train_loss_full"] = finite_or_none(train_loss_full)
         if m.cfg.trace:
-            record["trace"] = m.state.trace or {"loss_b": [], "objective": []}
+            record["trace"] = m.state.trace or {"first_step": 1, "loss_b": [], "objective": []}
         records[m.cfg.run_id] = record
         if on_record:
             on_record(record)
@@ -354,11 +354,11 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         minibatch_sum += loss_b.detach()  # stays on the device: no host sync inside the step
         if window is not None:
             window.add(loss_b.detach(), objective.detach())
-        if tracer is not None:
-            tracer.add(loss_b, objective, [m.state for m in members])
         step, since_check = step + 1, since_check + 1
         for m in members:
             m.state.step = step
+        if tracer is not None:
+            tracer.add(loss_b, objective, [m.state for m in members])
         if per_step:  # read on the device now, decided at the next step's gradient (or here, unpipelined)
             pending = (step, torch.stack([window.reading(cfg.effective_stop_loss), window.running(ne=False)]))
             if not pipelined:

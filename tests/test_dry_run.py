@@ -59,7 +59,8 @@ def test_paper_dry_run_fits_one_screen_and_its_totals_are_the_sums(tmp_path):
                                               sum(estimated_samples(c) for c in mine),
                                               sum(estimated_samples(c) * flop[c.network] for c in mine))):
             assert float(value) == pytest.approx(expected, rel=5e-3)  # three digits
-        assert row[7:] == ["?", "-"]  # no records, no --tflops: the time is unknown, and the hint says why
+        assert row[7:9] == ["?", "-"]  # no records, no --tflops: the time is unknown, and the hint says why
+        assert row[9] == "keras"  # paper.toml: the default reading throughout
     assert any("device time: unknown for 1,290 runs" in line for line in lines)
     assert any("--tflops fp32=T" in line for line in lines) and any("nerepro bench" in line for line in lines)
 
@@ -106,7 +107,7 @@ def test_recorded_runs_count_as_recorded_and_time_their_speed(tmp_path):
     todo = [c for c in runs if c not in recorded]  # the failed run is retried: still to do
     assert lines[0].startswith(f"{len(todo)} runs to do, 2 of {len(runs)} already recorded")
     row = table(lines)[0]
-    assert row[:4] == ["F1", str(len(todo)), "2", str(len(todo))] and row[9:] == ["measured"]
+    assert row[:4] == ["F1", str(len(todo)), "2", str(len(todo))] and row[9] == "measured"
     throughput = Throughput()
     for r in records:
         throughput.add(r)
@@ -174,3 +175,14 @@ def test_dry_run_on_gpus_packs_and_shares_the_time_among_devices():
     wall = next(line for line in lines if line.startswith("this machine (2 devices: cuda:0, cuda:1; 4 workers)"))
     value, tolerance = seconds_of(*wall.split("about ")[1].split()[:2])
     assert value == pytest.approx(device_s / 2, abs=tolerance)
+
+
+def test_f1_dry_run_names_each_prioritys_readings(tmp_path):
+    """configs/f1.toml: the default reading's Table 2 rows first, their step reading second (a lease runs it next)."""
+    lines = dry_run(REPO / "configs" / "f1.toml", "--results", tmp_path / "r", "--tflops", "F1=2")
+    rows = table(lines)
+    assert [(r[1], r[-1]) for r in rows[:3]] == [("1", "keras"), ("2", "step"), ("3", "keras")]
+    plan = load_plan([REPO / "configs" / "f1.toml"])
+    second = [c for p, c in plan if p == 2]
+    assert {(c.alpha, c.batch_size) for c in second} == {(1.0, 900), (1.5, 2000)} and len(second) == 20
+    assert all(c.stop_loss == "step" and c.check_every == 1 and c.trace for c in second)

@@ -179,3 +179,43 @@ def test_named_readings_are_variants_of_their_own():
         assert variant_of(record) == f"protocol={protocol}"
     assert RunConfig(network="F1", alpha=1.5, batch_size=2000, trace=True).run_id == \
         RunConfig(network="F1", alpha=1.5, batch_size=2000).run_id
+
+
+def test_bench_times_a_per_step_reading(monkeypatch):
+    """`nerepro bench --protocol step` trains under that reading: a check at every step, their host time timed."""
+    from nerepro import bench as benchmod
+
+    monkeypatch.setattr(benchmod, "bench_data", lambda network, device, data_dir: (DATA, False))
+    monkeypatch.setattr(benchmod, "matmul_peak", lambda *a, **k: 1.0)
+    result = benchmod.bench("F1", batch_size=40, alpha=1.5, steps=8, device="cpu", warmup=2, protocol="step")
+    assert (result["protocol"], result["check_every"], result["stop_loss"], result["steps"]) == ("step", 1, "step", 8)
+    assert 0 < result["check_share"] < 1
+    pack = benchmod.bench_pack("F1", batch_size=40, alpha=1.5, steps=8, runs=2, device="cpu", warmup=2,
+                               protocol="keras-running")
+    assert pack["check_every"] == 1 and pack["pack"]["run_steps_per_s"] > 0
+
+
+def test_a_trace_begun_on_resumption_says_where_it_starts(tmp_path):
+    """A run resumed with --trace from a checkpoint written without it traces from the step it resumed at."""
+    cfg = run("keras")
+    checkpoint = tmp_path / "run.pt"
+    whole = train(cfg, data=DATA)
+    at = whole["curve"]["step"][1]
+    train_killed_at(cfg.replace(trace=False), DATA, checkpoint, at)
+    resumed = train(cfg, data=DATA, checkpoint=checkpoint)
+    start = resumed["trace"]["first_step"]
+    assert 1 < start <= at + 1 and resumed["trace"]["objective"] == whole["trace"]["objective"][start - 1:]
+    path = write_trace(trace_path(tmp_path / "r.json"), resumed["trace"])
+    assert read_trace(path)["step"][0] == start
+
+
+def test_a_long_trace_is_whole_across_its_flushes(monkeypatch):
+    """Traces reach the host every FLUSH steps: a run over several flushes keeps every step once, in order."""
+    from nerepro import trace as tracemod
+
+    monkeypatch.setattr(tracemod, "FLUSH", 7)
+    cfg = run("keras", max_steps=30, l_star=1e-6, l_star_star=1e-7)
+    record = train(cfg, data=DATA)
+    assert len(record["trace"]["objective"]) == 30 and record["trace"].get("first_step", 1) == 1
+    monkeypatch.setattr(tracemod, "FLUSH", 1000)
+    assert train(cfg, data=DATA)["trace"] == record["trace"]
