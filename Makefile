@@ -44,6 +44,10 @@ reproduce: install
 report: install
 	$(NEREPRO) report --results $(RESULTS) --out $(RESULTS)
 
+.PHONY: f1-cpu
+f1-cpu: install
+	scripts/f1_cpu.sh
+
 .PHONY: import-gpu
 import-gpu: install
 	$(PY) scripts/import_gpu.py "$(ARCHIVE)" $(if $(INTO),--into $(INTO))

@@ -239,7 +239,7 @@ def sweep(
         resolved = resolve_pack(pack, options={"device": device}) if executor == "local" else pack
         records = _records(store) if store.runs.is_dir() else []
         for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
-                                  listed=list_runs):
+                                  listed=list_runs, threads=threads):
             typer.echo(line)
         return
     from .record import check_writable
@@ -249,6 +249,14 @@ def sweep(
         typer.echo(note, err=True)
     todo = sweep_order(pending_runs(runs, store), priority)
     typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}" + (f" within {limit:g} s" if limit else ""))
+    if limit and executor == "local":  # the plan of each run, for plan against actual (scripts/plan_vs_actual.py)
+        from .plan import planning_throughput
+        from .sweep import slots
+
+        throughput, _ = planning_throughput(_records(store), slots(device, workers_per_device), threads)
+        for cfg in todo:
+            if (seconds := throughput.seconds(cfg)) is not None:
+                store.log(f"planned:{seconds:.0f}", cfg.run_id)
     display = SweepDisplay(len(todo))
     deadline = started + limit - pause_margin(limit) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
@@ -404,7 +412,7 @@ def protocol(results: ResultsOpt, out: OutOpt = None):
     typer.echo(write_protocol(loaded, out))
 
 
-@app.command(short_help="When each reading first falls below L*, on traced runs' trajectories.",
+@app.command(short_help="First passage of each reading below L* (traced runs).",
              epilog="Details: configs/README.md (the readings).")
 def passage(results: ResultsOpt, out: OutOpt = None):
     """For every run recorded with --trace: the step at which each reading of the training loss (the step's NE
@@ -435,6 +443,7 @@ def report(results: ResultsOpt, out: OutOpt = None):
     """
     from .claims import write_claims
     from .figures import write_figures
+    from .headline import write_headline
     from .page import write_page
     from .passage import write_passage
     from .protocol import write_protocol
@@ -451,6 +460,8 @@ def report(results: ResultsOpt, out: OutOpt = None):
     typer.echo(_claims_line(write_claims(loaded, out), out))
     write_protocol(loaded, out)
     typer.echo(f"protocol -> {out / 'protocol.md'}")
+    if write_headline(loaded, out) is not None:
+        typer.echo(f"F1's headline rows and the NE claim -> {out / 'headline.md'}")
     if write_passage(results, out) is not None:
         typer.echo(f"first passages of the readings -> {out / 'passage.md'}")
     typer.echo(f"page -> {write_page(loaded, results, out)}")

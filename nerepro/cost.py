@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .config import RunConfig
+from .config import LATER_FIELDS, RunConfig
 from .paper import table_2
 
 TRAIN_SIZE = {"F1": 60_000, "C1": 50_000, "C2": 50_000}  # training samples of each network's dataset
@@ -56,9 +56,14 @@ class Throughput:
     steps per second of runs at the same (network, B, alpha != 1) where one finished; else the larger of
     two guesses from the network's other runs, at their steps per second (right where steps cost the same
     whatever B, as on a GPU that launch overhead bounds) and at their samples per second (right where
-    cost grows with B, as on a CPU); else unknown (None)."""
+    cost grows with B, as on a CPU); else unknown (None).
 
-    def __init__(self):
+    `fastest`: each key's speed is its fastest run's, not the pooled one (a plan for a machine whose earlier
+    runs shared it with other work: the fastest ran closest to alone). `observed`: mean convergence steps of
+    finished runs of the same row and reading (`row_key`), used for a run's steps in place of the estimate."""
+
+    def __init__(self, fastest: bool = False, observed: dict | None = None):
+        self.fastest, self.observed = fastest, observed or {}
         self.steps, self.samples = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0, 0.0])
 
     def add(self, record: dict) -> None:
@@ -66,19 +71,50 @@ class Throughput:
         if record.get("status") in (None, "error") or not seconds or record.get("resumes"):
             return  # a resumed run's wall time covers segments this sweep did not see
         key = (record["network"], record["batch_size"], record["alpha"] != 1)
+        network = self.samples[record["network"]]
+        if self.fastest:  # keep the fastest run of each key (steps / seconds largest)
+            if not self.steps[key][0] or record["steps"] / seconds > self.steps[key][0] / self.steps[key][1]:
+                self.steps[key] = [record["steps"], seconds]
+            if not network[0] or record["samples_processed"] / seconds > network[1] / network[2]:
+                network[:] = [record["steps"], record["samples_processed"], seconds]
+            return
         self.steps[key][0] += record["steps"]
         self.steps[key][1] += seconds
-        network = self.samples[record["network"]]
         network[0] += record["steps"]
         network[1] += record["samples_processed"]
         network[2] += seconds
 
+    def run_steps(self, cfg: RunConfig) -> float:
+        """The run's expected steps: the mean of its row's finished runs under its reading, else the estimate."""
+        return self.observed.get(row_key(cfg), estimated_steps(cfg))
+
     def seconds(self, cfg: RunConfig) -> float | None:
         steps, s = self.steps.get((cfg.network, cfg.batch_size, cfg.alpha != 1), (0, 0.0))
         if steps:
-            return estimated_steps(cfg) * s / steps
+            return self.run_steps(cfg) * s / steps
         steps, samples, s = self.samples.get(cfg.network, (0, 0, 0.0))
-        return max(estimated_steps(cfg) / steps, estimated_samples(cfg) / samples) * s if steps else None
+        run_samples = self.run_steps(cfg) * cfg.samples_per_step(n_train(cfg))
+        return max(self.run_steps(cfg) / steps, run_samples / samples) * s if steps else None
+
+
+def row_key(cfg: RunConfig) -> tuple:
+    """A run's row and reading without its seed: runs with the same key are seeds of one condition."""
+    return cfg.replace(seed=0, device="auto", trace=False, compile="auto").run_id
+
+
+def observed_steps(records: list[dict]) -> dict:
+    """row_key -> mean steps of the converged runs of that row and reading (from the records' configs)."""
+    found = defaultdict(list)
+    for record in records:
+        if record.get("status") != "converged" or not record.get("config"):
+            continue
+        try:
+            config = {**LATER_FIELDS, **record["config"]}  # a record older than a field ran its legacy value
+            cfg = RunConfig(**{k: v for k, v in config.items() if k in RunConfig.__dataclass_fields__ and v is not None})
+        except Exception:  # noqa: BLE001 - a record of an older layout: its steps are not used
+            continue
+        found[row_key(cfg)].append(record["steps"])
+    return {key: sum(v) / len(v) for key, v in found.items()}
 
 
 @lru_cache(maxsize=None)
@@ -149,10 +185,11 @@ def estimated_flop(cfg: RunConfig, reference: dict | None = None) -> float:
     return estimated_samples(cfg, reference) * flop_per_sample(cfg.network)
 
 
-def measured_throughput(records: list[dict]) -> Throughput:
+def measured_throughput(records: list[dict], fastest: bool = False) -> Throughput:
     """A Throughput from finished records, each run charged its share of its pack's wall time (a packed run's
-    `wall_s` is the pack's), so that the seconds it gives add up to device time across runs."""
-    throughput = Throughput()
+    `wall_s` is the pack's), so that the seconds it gives add up to device time across runs; with `fastest`,
+    each key at its fastest run's speed, and each run's steps from its row's finished runs (Throughput)."""
+    throughput = Throughput(fastest, observed_steps(records) if fastest else None)
     for record in records:
         if record.get("wall_s"):
             record = {**record, "wall_s": record["wall_s"] / max(1, record.get("pack_size") or 1)}

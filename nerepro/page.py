@@ -41,6 +41,7 @@ def write_page(results: Results, results_dir: Path, out: Path) -> Path:
         parts += [_section(out / "baselines.md", results), _files(out, "baselines.csv", "baselines.tex")]
     parts += _figures(results, out)
     parts += [_section(out / "claims.md", results), _files(out, "claims.csv")]
+    parts += [_section(out / "headline.md", results), _files(out, "headline.csv", "headline_claim.csv")]
     if not protocol_runs(results).empty:
         parts += [_section(out / "protocol.md", results), _image(out, PROTOCOL_FIGURE, (
             "Each reading's convergence steps and test accuracy at the rows of Tables 2-3 that have runs, against "

@@ -141,6 +141,8 @@ def write_passage(results: Path | str, out: Path) -> str | None:
     """passage.csv, passage.md and the readings figure (passage.png/pdf) into `out`; None without traced runs."""
     table = passage_table(results)
     if table.empty:
+        for name in ("passage.md", "passage.csv", f"{PASSAGE_FIGURE}.png", f"{PASSAGE_FIGURE}.pdf"):
+            (out / name).unlink(missing_ok=True)  # none stale beside the new report
         return None
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "passage.csv", index=False)

@@ -9,6 +9,7 @@ on this machine's devices. `plan_rows` is the table as data, `render_table` the 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from .config import DEFAULT_PROTOCOL, NETWORKS, RunConfig
 from .cost import (Throughput, _reference_steps, estimated_flop, estimated_samples, estimated_seconds,
@@ -98,19 +99,32 @@ def machine_wall_s(row: PlanRow, devices: int, workers: int) -> float:
     return sum(s / (workers if source == MEASURED else devices) for source, s in row.seconds.items())
 
 
-def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records: list[dict],
-                  rates: dict[str, float], pack: str, resolved: str, max_pack: int, slots: list[str] | None,
-                  results: str, listed: bool = False) -> list[str]:
-    """The dry run's report: the table, then what the time means and how to get it where it is unknown.
-    `records`: those in the results directory (the speed of those run on this machine's kind of device, cpu or
-    cuda, is the measured throughput); `pack` as given and as the sweep resolves it (on/off); `slots`: the
-    sweep's workers on this machine (None: a Ray cluster, any device)."""
+def planning_throughput(records: list[dict], slots: list[str] | None, threads: int | None = None):
+    """(Throughput, the records it is from) for a plan on `slots`: the finished records of this machine's kind
+    of device (cpu or cuda). On a CPU, each worker has a core to itself: records of the planned thread count
+    where there are any, each row at its fastest run's speed, and each run's steps from its row's finished
+    runs (a record made beside other work is slower than the sweep will be)."""
     from .cost import measured_throughput
 
     kind = slots[0].split(":")[0] if slots else None
     timed = [r for r in records if r.get("status") not in (None, "error") and r.get("wall_s") and not r.get("resumes")
              and kind in (None, (r.get("provenance") or {}).get("device_type", kind))]
-    rows = plan_rows(runs, done, priority, max_pack if resolved != "off" else 1, measured_throughput(timed), rates)
+    if kind == "cpu":
+        threads = threads or max(1, (os.cpu_count() or 1) // len(slots))
+        timed = [r for r in timed if (r.get("provenance") or {}).get("threads") == threads] or timed
+    return measured_throughput(timed, fastest=kind == "cpu"), timed
+
+
+def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records: list[dict],
+                  rates: dict[str, float], pack: str, resolved: str, max_pack: int, slots: list[str] | None,
+                  results: str, listed: bool = False, threads: int | None = None) -> list[str]:
+    """The dry run's report: the table, then what the time means and how to get it where it is unknown.
+    `records`: those in the results directory (the speed of those run on this machine's kind of device, cpu or
+    cuda, is the measured throughput); `pack` as given and as the sweep resolves it (on/off); `slots`: the
+    sweep's workers on this machine (None: a Ray cluster, any device)."""
+    kind = slots[0].split(":")[0] if slots else None
+    throughput, timed = planning_throughput(records, slots, threads)
+    rows = plan_rows(runs, done, priority, max_pack if resolved != "off" else 1, throughput, rates)
     total = rows[-1]
     packs = f"on, up to {max_pack} F1 runs differing in seed and alpha per program" if resolved != "off" else \
         "off, one run per program"
@@ -125,7 +139,9 @@ def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records
         if source == MEASURED:
             on = ", ".join(sorted({(r.get("provenance") or {}).get("device") or "?" for r in timed}))
             lines.append(f"device time: at the speed of the {len(timed):,} runs recorded in {results} on {on} (a "
-                         "packed run counts its share of its pack)")
+                         "packed run counts its share of its pack)" + (
+                             "; on a CPU each row at its fastest run's speed with the sweep's threads per worker, and "
+                             "steps as its row's finished runs took" if kind == "cpu" else ""))
         else:
             lines.append(f"device time: at --tflops {source} TFLOP/s (the FLOP column / that rate)")
     if total.seconds:

@@ -186,3 +186,70 @@ def test_f1_dry_run_names_each_prioritys_readings(tmp_path):
     second = [c for p, c in plan if p == 2]
     assert {(c.alpha, c.batch_size) for c in second} == {(1.0, 900), (1.5, 2000)} and len(second) == 20
     assert all(c.stop_loss == "step" and c.check_every == 1 and c.trace for c in second)
+
+
+def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_observed_steps(tmp_path):
+    """A CPU plan assumes a core per worker: the fastest record of a row at the planned thread count (records made
+    beside other work are slower), and the steps the row's finished runs took in place of the rough estimate."""
+    from nerepro import RunConfig
+    from nerepro.plan import planning_throughput
+
+    def record(seed, wall_s, threads, steps=1000):
+        cfg = RunConfig("F1", 1.5, 2000, seed=seed)
+        return {"run_id": cfg.run_id, "network": "F1", "alpha": 1.5, "batch_size": 2000, "seed": seed,
+                "status": "converged", "steps": steps, "samples_processed": steps * 4000, "wall_s": wall_s,
+                "config": cfg.record_config(), "provenance": {"device_type": "cpu", "threads": threads}}
+
+    records = [record(0, 3000.0, 1, steps=9000), record(1, 2000.0, 1, steps=11000), record(2, 500.0, 2)]
+    throughput, timed = planning_throughput(records, ["cpu", "cpu"], threads=1)
+    assert {r["seed"] for r in timed} == {0, 1}  # one thread a worker: the two-threaded record is left out
+    fastest = 11000 / 2000.0  # steps/s of seed 1, the faster of the one-threaded records
+    cfg = RunConfig("F1", 1.5, 2000, seed=5)
+    assert throughput.seconds(cfg) == pytest.approx((9000 + 11000) / 2 / fastest)
+    other = RunConfig("F1", 1.5, 2000, seed=5, stop_loss="step", check_every=1)  # another reading: the estimate
+    assert throughput.seconds(other) == pytest.approx(estimated_steps(other) / fastest)
+    gpu, timed = planning_throughput(records, ["cuda:0"])  # a GPU plan is not timed by CPU records
+    assert timed == [] and gpu.seconds(cfg) is None
+    for r in records:
+        r["provenance"]["device_type"] = "cuda"
+    pooled, _ = planning_throughput(records, ["cuda:0"])  # on a GPU: the pooled speed and the estimated steps
+    assert pooled.seconds(cfg) == pytest.approx(estimated_steps(cfg) * (3000 + 2000 + 500) / 21000)
+
+
+def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "r"
+    (root / "runs").mkdir(parents=True)
+    for run_id, wall in (("a", 120.0), ("b", 300.0)):
+        (root / "runs" / f"{run_id}.json").write_text(json.dumps(
+            {"run_id": run_id, "network": "F1", "alpha": 1.0, "batch_size": 20, "seed": 0, "status": "converged",
+             "wall_s": wall, "provenance": {"threads": 1, "device": "cpu"}}))
+    (root / "sweep.log").write_text(
+        "t h 1 planned:90 a\nt h 1 planned:100 a\nt h 1 planned:200 b\nt h 1 start a\nt h 1 recorded:converged a\n"
+        "t h 1 recorded:converged b\nt h 2 planned:999 b\n")
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "plan_vs_actual.py"), str(root)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "| `a` | 100 | 120 | 1.20 |" in out.stdout and "| `b` | 200 | 300 | 1.50 |" in out.stdout
+    assert "1 of 2 within 30% of the plan" in out.stdout
+
+
+def test_a_time_limited_sweep_logs_each_runs_plan(tmp_path, fake_fmnist_root):
+    """With --time-limit the sweep writes `planned:<seconds>` for each run to do into the sweep log (where the
+    records give a speed), for plan against actual; runs that do not fit are not started."""
+    config = tmp_path / "grid.toml"
+    config.write_text(GRID.replace("seeds = 2", "seeds = 1"))
+    results = tmp_path / "r"
+    base = ["sweep", str(config), "--results", str(results), "--data-dir", str(fake_fmnist_root), "--device", "cpu",
+            "--workers-per-device", "1"]
+    first = CliRunner().invoke(app, [*base, "--priority", "0"])  # every run of GRID has priority 0
+    assert first.exit_code == 0, first.output
+    config.write_text(GRID)  # seed 1 added: four runs to do, timed by seed 0's records
+    out = CliRunner().invoke(app, [*base, "--time-limit", "1s"])
+    assert out.exit_code == 0, out.output
+    planned = [line.split() for line in (results / "sweep.log").read_text().splitlines() if " planned:" in line]
+    recorded = {p.stem for p in (results / "runs").glob("*.json")}
+    assert {p[4] for p in planned} == {c.run_id for c in load_grid([config])} - recorded and len(planned) == 4
+    assert all(float(p[3].split(":")[1]) > 0 for p in planned)

@@ -227,7 +227,7 @@ def test_dry_run_prints_packs_and_wall_times(tmp_path):
     value, unit = row[7:9]  # on one device at fp32 40 TFLOP/s (the runs' precision: tf32 applies to none)
     scale = {"s": 1, "min": 60, "h": 3600}[unit]
     assert float(value) * scale == pytest.approx(flop / 40e12, abs=0.5 * scale * (0.1 if "." in value else 1))
-    assert row[9:] == ["fp32=40"], row
+    assert row[9:11] == ["fp32=40", "keras"], row
     bad = CliRunner().invoke(app, ["sweep", str(REPO / "configs" / "paper.toml"), "--results", str(tmp_path / "r"),
                                    "--dry-run", "--tflops", "fast"])
     assert bad.exit_code == 2 and "--tflops takes name=TFLOP/s pairs" in bad.output

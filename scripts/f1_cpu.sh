@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# F1's headline rows on this machine's CPU cores, in the background of other work: `make f1-cpu`.
+#
+#   scripts/f1_cpu.sh                    priority 1 of configs/f1.toml (Table 2's F1 rows, default reading) into
+#                                        results/f1 for 2 h, then stop; run it again to continue
+#   TIME=5h PRIORITY=2 scripts/f1_cpu.sh the step reading's rows too, for 5 hours
+#   WORKERS=1 scripts/f1_cpu.sh          one single-threaded run at a time (a core left for other work)
+#
+# The sweep runs the code of the checkout's HEAD commit from its own worktree (.worktrees/f1-cpu-<commit>),
+# so its records say git_dirty: false and editing the checkout meanwhile changes nothing it runs; records go
+# into the checkout's results directory. Workers are single-threaded, one per core by default (the CPU's
+# best throughput for F1, results/performance.md), niced. A run is started only if its estimated time fits
+# what is left of TIME (the sweep's --time-limit); a run still going at the limit pauses in its checkpoint
+# (results/f1/checkpoints/, not committed) and the next call continues it. The plan is printed first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CONFIG=${CONFIG:-configs/f1.toml}
+RESULTS=${RESULTS:-results/f1}
+PRIORITY=${PRIORITY:-1}
+TIME=${TIME:-2h}
+CORES=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')
+WORKERS=${WORKERS:-$CORES}
+THREADS=${THREADS:-1}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+
+commit=$(git rev-parse HEAD)
+tree=$ROOT/.worktrees/f1-cpu-${commit:0:10}
+if [ ! -d "$tree" ]; then
+  git worktree prune
+  git worktree add --detach --quiet "$tree" "$commit"
+fi
+if [ -n "$(git status --porcelain --untracked-files=no -- nerepro configs)" ]; then
+  echo "f1-cpu: the checkout has uncommitted changes to nerepro/ or configs/; the sweep runs commit ${commit:0:10} as committed"
+fi
+case $CONFIG in /*) config=$CONFIG ;; *) config=$tree/$CONFIG ;; esac  # the commit's config, or one given whole
+case $RESULTS in /*) results=$RESULTS ;; *) results=$ROOT/$RESULTS ;; esac
+run() {  # nerepro from the worktree, writing into the checkout's results
+  (cd "$tree" && PYTHONPATH="$tree" OMP_NUM_THREADS=$THREADS nice -n "${NICE:-10}" \
+    "$PYTHON" -m nerepro sweep "$config" --results "$results" --device cpu --priority "$PRIORITY" \
+    --workers-per-device "$WORKERS" --threads "$THREADS" "$@")
+}
+echo "f1-cpu: commit ${commit:0:10}, $CONFIG priorities <= $PRIORITY -> $RESULTS, $WORKERS worker(s) x $THREADS thread(s), for $TIME"
+run --dry-run
+run --time-limit "$TIME"

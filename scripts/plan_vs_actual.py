@@ -1,0 +1,57 @@
+"""Plan against actual, per finished run: the seconds a time-limited sweep planned for each run when it
+started (the `planned:<s>` lines of DIR/sweep.log) beside the run's recorded wall time.
+
+    python scripts/plan_vs_actual.py [results/f1]
+
+Prints a Markdown table (run, planned, actual, actual / planned, resumes, threads, device) of every record
+with a plan, the plan taken from the last sweep start before the run's record; and the share within 30%.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nerepro.results import load_records  # noqa: E402
+
+
+def plans(log: Path) -> dict[str, float]:
+    """run id -> the last plan logged for it before its record."""
+    planned, found = {}, {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        event, run_id = parts[3], parts[4]
+        if event.startswith("planned:"):
+            planned[run_id] = float(event.split(":", 1)[1])
+        elif event.startswith("recorded:") and run_id in planned:
+            found[run_id] = planned[run_id]
+    return found
+
+
+def main() -> int:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/f1")
+    planned = plans(root / "sweep.log")
+    records = {r["run_id"]: r for r in load_records(root)[0]}
+    rows = [(run_id, s, records[run_id]) for run_id, s in planned.items() if run_id in records]
+    if not rows:
+        print(f"no finished run of {root} has a plan (`planned:` lines come from sweeps with --time-limit)")
+        return 0
+    print("| run | planned (s) | actual (s) | actual / planned | resumes | threads | device |")
+    print("|---|---|---|---|---|---|---|")
+    within = 0
+    for run_id, s, r in sorted(rows):
+        ratio = r["wall_s"] / s
+        within += abs(ratio - 1) <= 0.3
+        prov = r.get("provenance") or {}
+        print(f"| `{run_id}` | {s:,.0f} | {r['wall_s']:,.0f} | {ratio:.2f} | {r.get('resumes', 0)} | "
+              f"{prov.get('threads', '?')} | {prov.get('device', '?')} |")
+    print(f"\n{within} of {len(rows)} within 30% of the plan")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

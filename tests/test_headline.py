@@ -1,0 +1,60 @@
+"""F1's headline rows and the NE claim (headline.py): statistics against scipy and a coverage check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from nerepro.headline import difference_interval, headline, mean_interval, ratio_interval, write_headline
+from nerepro.report import Results
+
+
+def runs(steps_plain, steps_ne, acc_plain, acc_ne, variant="protocol=keras (default)") -> pd.DataFrame:
+    rows = [{"variant": variant, "network": "F1", "alpha": 1.0, "batch_size": 900, "status": "converged",
+             "convergence_steps": s, "test_acc": a} for s, a in zip(steps_plain, acc_plain)]
+    rows += [{"variant": variant, "network": "F1", "alpha": 1.5, "batch_size": 2000, "status": "converged",
+              "convergence_steps": s, "test_acc": a} for s, a in zip(steps_ne, acc_ne)]
+    return pd.DataFrame(rows)
+
+
+def test_intervals_match_scipy():
+    x, y = np.array([9915.0, 10400, 9100, 9800]), np.array([10251.0, 10988, 11300])
+    mean, std, low, high = mean_interval(x)
+    assert (low, high) == pytest.approx(st.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=st.sem(x)))
+    assert std == pytest.approx(x.std(ddof=1))
+    diff, low, high, p = difference_interval(x, y)
+    welch = st.ttest_ind(x, y, equal_var=False)
+    assert diff == pytest.approx(x.mean() - y.mean()) and p == pytest.approx(welch.pvalue)
+    assert (low, high) == pytest.approx(tuple(welch.confidence_interval(0.95)))
+    assert np.isnan(mean_interval(x[:1])[2]) and np.isnan(difference_interval(x[:1], y)[1])
+
+
+def test_the_ratio_interval_covers_the_true_ratio_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        x, y = rng.normal(7914, 528, 10), rng.normal(10934, 816, 10)
+        _, low, high = ratio_interval(x, y)
+        hits += low <= 7914 / 10934 <= high
+    assert 0.93 <= hits / 2000 <= 0.97
+
+
+def test_headline_rows_and_claim(tmp_path):
+    frame = runs([10251, 10988], [9915], [90.33, 90.2], [90.34])
+    rows, claim = headline(Results(frame))
+    plain = rows[rows["alpha"] == 1].iloc[0]
+    assert plain["n"] == 2 and plain["steps_mean"] == pytest.approx(10619.5)
+    assert plain["steps_diff_in_paper_std"] == pytest.approx((10619.5 - 10934) / 816)
+    c = claim.iloc[0]
+    assert c["ratio"] == pytest.approx(9915 / 10619.5) and np.isnan(c["ratio_low"])  # n = 1 on one side
+    assert c["paper_ratio"] == pytest.approx(7914 / 10934)
+    text = write_headline(Results(frame), tmp_path)
+    assert "no interval at n = 1 vs 2" in text and (tmp_path / "headline.csv").is_file()
+    ne = np.array([7500.0, 8000, 8300, 7700, 7900])
+    plain = np.array([10500.0, 11000, 11800, 10300, 10900])
+    text = write_headline(Results(runs(plain, ne, [90.1, 90.2, 90.0, 90.15, 90.05], [90.4, 90.3, 90.5, 90.4, 90.35])), tmp_path)
+    assert "the paper's ratio inside; NE converges sooner" in text
+    assert write_headline(Results(runs([], [], [], [], variant="x")[:0].reindex(columns=frame.columns)), tmp_path) \
+        is None and not (tmp_path / "headline.md").exists()
