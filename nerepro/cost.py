@@ -53,7 +53,8 @@ def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:
 
 class Throughput:
     """Seconds a run should take at the speed measured on the runs finished so far in this sweep: from the
-    steps per second of runs at the same (network, B, alpha != 1) where one finished; else the larger of
+    steps per second of runs at the same (network, B, alpha != 1, and whether L(w) is checked: full passes
+    cost steps) where one finished; else the larger of
     two guesses from the network's other runs, at their steps per second (right where steps cost the same
     whatever B, as on a GPU that launch overhead bounds) and at their samples per second (right where
     cost grows with B, as on a CPU); else unknown (None).
@@ -70,7 +71,7 @@ class Throughput:
         seconds = record.get("wall_s")
         if record.get("status") in (None, "error") or not seconds or record.get("resumes"):
             return  # a resumed run's wall time covers segments this sweep did not see
-        key = (record["network"], record["batch_size"], record["alpha"] != 1)
+        key = (record["network"], record["batch_size"], record["alpha"] != 1, record.get("stop_loss", "full") == "full")
         network = self.samples[record["network"]]
         if self.fastest:  # keep the fastest run of each key (steps / seconds largest)
             if not self.steps[key][0] or record["steps"] / seconds > self.steps[key][0] / self.steps[key][1]:
@@ -89,7 +90,8 @@ class Throughput:
         return self.observed.get(row_key(cfg), estimated_steps(cfg))
 
     def seconds(self, cfg: RunConfig) -> float | None:
-        steps, s = self.steps.get((cfg.network, cfg.batch_size, cfg.alpha != 1), (0, 0.0))
+        steps, s = self.steps.get((cfg.network, cfg.batch_size, cfg.alpha != 1, cfg.effective_stop_loss == "full"),
+                                  (0, 0.0))
         if steps:
             return self.run_steps(cfg) * s / steps
         steps, samples, s = self.samples.get(cfg.network, (0, 0, 0.0))
@@ -103,10 +105,11 @@ def row_key(cfg: RunConfig) -> tuple:
 
 
 def observed_steps(records: list[dict]) -> dict:
-    """row_key -> mean steps of the converged runs of that row and reading (from the records' configs)."""
+    """row_key -> mean steps of the finished runs of that row and reading (from the records' configs; a run that
+    did not converge counts its steps, which is what it cost)."""
     found = defaultdict(list)
     for record in records:
-        if record.get("status") != "converged" or not record.get("config"):
+        if record.get("status") not in ("converged", "not_converged") or not record.get("config"):
             continue
         try:
             config = {**LATER_FIELDS, **record["config"]}  # a record older than a field ran its legacy value

@@ -7,7 +7,9 @@ gives, per row, mean ± std, a 95% t interval of the mean and the difference fro
 paper's std, for steps and accuracy; and the claim as a test: the ratio of NE's mean steps to plain
 training's with a 95% interval (delta method on the log ratio, Welch-Satterthwaite degrees of freedom), a
 two-sided Welch test of the difference in mean steps, and NE's accuracy minus plain training's with its 95%
-Welch interval. Intervals and tests need two converged runs a side; with fewer they are left out.
+Welch interval. Intervals and tests need two converged runs a side with some spread; with fewer they are
+left out. Only converged runs count: a reading whose runs fail to converge more often at one row would bias
+the ratio, so the table gives n per row beside the runs' count in the report's other tables.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def ratio_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     if len(x) < 2 or len(y) < 2:
         return ratio, math.nan, math.nan
     a, b = x.var(ddof=1) / (len(x) * x.mean() ** 2), y.var(ddof=1) / (len(y) * y.mean() ** 2)
-    if a + b == 0:
-        return ratio, ratio, ratio
+    if a == 0 or b == 0:  # no spread on a side (e.g. a few runs at the same epoch end): no interval, as for Welch
+        return ratio, math.nan, math.nan
     df = (a + b) ** 2 / (a ** 2 / (len(x) - 1) + b ** 2 / (len(y) - 1))
     half = st.t.ppf(0.5 + LEVEL / 2, df) * math.sqrt(a + b)
     return ratio, ratio * math.exp(-half), ratio * math.exp(half)
@@ -72,7 +74,7 @@ def ratio_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def difference_interval(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     """mean(x) - mean(y), its 95% Welch interval, and the two-sided Welch p-value (NaN where n < 2 a side)."""
     diff = float(x.mean() - y.mean()) if len(x) and len(y) else math.nan
-    if len(x) < 2 or len(y) < 2 or (x.std() == 0 and y.std() == 0):
+    if len(x) < 2 or len(y) < 2 or x.std() == 0 or y.std() == 0:
         return diff, math.nan, math.nan, math.nan
     se = math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y))
     half = st.t.ppf(0.5 + LEVEL / 2, welch_df(x, y)) * se
@@ -94,9 +96,10 @@ def headline(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
                 x = _values(runs, alpha, b, metric)
                 found[(alpha, metric)] = x
                 mean, std, low, high = mean_interval(x)
-                entry.update({"n": len(x), f"{key}_mean": mean, f"{key}_std": std, f"{key}_low": low,
+                entry.update({f"n_{key}": len(x), f"{key}_mean": mean, f"{key}_std": std, f"{key}_low": low,
                               f"{key}_high": high, f"paper_{key}_mean": paper[key][0], f"paper_{key}_std": paper[key][1],
                               f"{key}_diff_in_paper_std": (mean - paper[key][0]) / paper[key][1]})
+            entry["n"] = entry["n_steps"]  # converged runs (each has its steps; accuracy too unless diverged late)
             if entry["n"]:
                 rows.append(entry)
         steps_ne, steps_plain = found[(NE[0], "convergence_steps")], found[(PLAIN[0], "convergence_steps")]

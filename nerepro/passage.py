@@ -13,8 +13,10 @@ first cross L* on that trajectory, and its spread on the plateau:
   NE mean, w steps  the mean NE loss of the last w steps (w = 2..30), every step
 
 Every reading shares the traced run's trajectory (same minibatches, same Adam) until a run that reads it
-halves its rate, so a first passage is exact while it comes no later than the traced run's own halving
-(lr halves from the next step); later ones are marked inexact (the traced run's rate was halved by then).
+halves its rate. The traced run halved at step h (its rate halves from step h + 1 on), so its losses up to
+step h + 1 (computed with the weights of step h) are every such run's: a first passage is exact while it
+comes no later than h + 1; later ones are marked inexact. Exact means on this trajectory: a run of another
+reading trained elsewhere (alone, in another pack, on another device) follows it only to fp32 rounding.
 Readings with other draws or another Adam (e.g. --protocol eq1) need a traced run of their own. At alpha = 1
 the NE loss is L_B, so the L_B readings are not repeated.
 """
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
-from .errors import ResultsError
+from .errors import ConfigError, ResultsError
 from .paper import table_2
 from .results import load_records, variant_of
 from .tables import markdown
@@ -88,7 +90,7 @@ def passages(record: dict, trace: dict) -> pd.DataFrame:
     epoch = cfg.steps_per_epoch(int(record["n_train"]))
     series = readings(trace["loss_b"], trace["objective"], epoch, cfg.alpha)
     halved, end = record.get("lr_halved_step"), len(trace["objective"])
-    exact_until = halved if halved is not None else end
+    exact_until = min(halved + 1, end) if halved is not None else end
     ends, means = series["epoch NE mean"][:2]
     start = first_below(ends, means, PLATEAU * l_star)
     rows = []
@@ -109,14 +111,20 @@ def passages(record: dict, trace: dict) -> pd.DataFrame:
 
 
 def traced_runs(results: Path | str) -> list[tuple[dict, dict]]:
-    """(record, trace) of every finished F1 run under DIR/runs with a trace beside its record."""
+    """(record, trace) of every finished F1 run under DIR/runs with a readable trace of at least a step beside
+    its record; unreadable traces are left out."""
     folder = Path(results) / "runs" if (Path(results) / "runs").is_dir() else Path(results)
     records, _ = load_records(results)
     found = []
     for record in records:
         path = trace_path(folder / f"{record['run_id']}.json")
         if record.get("status") in ("converged", "not_converged") and path.is_file():
-            found.append((record, read_trace(path)))
+            try:
+                trace = read_trace(path)
+            except ResultsError:
+                continue
+            if len(trace["objective"]):
+                found.append((record, trace))
     return found
 
 
@@ -125,7 +133,7 @@ def passage_table(results: Path | str) -> pd.DataFrame:
     for record, trace in traced_runs(results):
         try:
             frames.append(passages(record, trace))
-        except ResultsError:
+        except (ResultsError, ConfigError, KeyError, ValueError):  # a record this analysis cannot read
             continue
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -235,6 +243,8 @@ def figure_passage(table: pd.DataFrame, results: Path | str):
                   "NE mean, 10 steps": dict(color="tab:green", lw=0.8),
                   "epoch NE mean": dict(color="tab:red", lw=1.4, marker=".", ms=3)}
         for name, style in styles.items():
+            if name not in series:  # a trace shorter than the window
+                continue
             steps, values, _ = series[name]
             keep = (steps >= lo) & (steps <= hi)
             ax.plot(steps[keep], values[keep], label=name, **style)

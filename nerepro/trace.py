@@ -1,7 +1,7 @@
 """Per-step traces of a run: every step's L_B and NE loss, kept with --trace (results/README.md, 'Traces').
 
-A run's losses are kept on its device and copied to the host every FLUSH steps (or at a check, a checkpoint,
-the run's end), so tracing adds no synchronisation to a step. The trace of a finished run is written beside
+A run's losses are kept on its device and copied to the host every FLUSH steps (and at a checkpoint, when a
+run leaves its pack, and at the run's end), so tracing adds no synchronisation to a step. The trace of a finished run is written beside
 its record, as DIR/runs/<run_id>.trace.csv.gz (before the record: a record with trace=true has its trace): columns step, loss_b, objective (alpha L_B + (1 - alpha) L_B', L_B at
 alpha = 1), each value exactly as the run computed it (the shortest decimal that reads back to it).
 """

@@ -282,8 +282,10 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         nonlocal pending, since_check
         if pending is None:
             return None
-        at, readings = pending
+        at, readings, ready = pending
         pending = None
+        if ready is not None:  # CUDA: wait for the copy of step t's readings only, not for the queued step t + 1
+            ready.synchronize()
         values, minibatch_means = readings.tolist()  # the one host read of a step
         t_check = time.perf_counter()
         minibatch_sum.zero_()
@@ -360,7 +362,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         if tracer is not None:
             tracer.add(loss_b, objective, [m.state for m in members])
         if per_step:  # read on the device now, decided at the next step's gradient (or here, unpipelined)
-            pending = (step, torch.stack([window.reading(cfg.effective_stop_loss), window.running(ne=False)]))
+            pending = (step, *reading_copy(torch.stack([window.reading(cfg.effective_stop_loss),
+                                                         window.running(ne=False)])))
             if not pipelined:
                 settle()
             continue
@@ -401,6 +404,26 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
     for m in members:  # max_steps reached: not converged
         finish(m)
     return [records[run_id] for run_id in order]
+
+
+_PINNED: dict = {}  # per device and shape: the pinned host buffer a step's readings are copied into
+
+
+def reading_copy(readings: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A step's readings on their way to the host without a synchronisation: on CUDA an asynchronous copy into
+    a pinned buffer and the event that marks it done (read it after `event.synchronize()`, which waits for this
+    step's work only, not for what was queued after it); elsewhere the tensor itself. One buffer per shape
+    suffices: each is read before the next step's readings are copied."""
+    if readings.device.type != "cuda":
+        return readings, None
+    key = (readings.device, tuple(readings.shape), readings.dtype)
+    if key not in _PINNED:
+        _PINNED[key] = torch.empty(readings.shape, dtype=readings.dtype, pin_memory=True)
+    host = _PINNED[key]
+    host.copy_(readings, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
 
 
 def check_losses(members: list[Member], data: datasets.Data, minibatch_losses: list[float],

@@ -103,3 +103,15 @@ def test_each_command_help_ends_with_the_page_that_explains_it(path):
     assert pages, epilog
     for page in pages:
         assert (REPO / page).is_file(), f"`nerepro {' '.join(path)} --help` names {page}, which does not exist"
+
+
+def test_the_readmes_f1_numbers_are_what_the_records_give():
+    """The README's table of Table 2's F1 rows and the NE claim is the report's, computed from results/f1 now
+    (scripts/readme_numbers.py rewrites it)."""
+    from nerepro.headline import BEGIN, END, readme_block
+    from nerepro.report import load_results
+
+    text = README.read_text(encoding="utf-8")
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    written = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert written == readme_block(load_results(REPO / "results" / "f1"))

@@ -29,6 +29,8 @@ def test_intervals_match_scipy():
     assert diff == pytest.approx(x.mean() - y.mean()) and p == pytest.approx(welch.pvalue)
     assert (low, high) == pytest.approx(tuple(welch.confidence_interval(0.95)))
     assert np.isnan(mean_interval(x[:1])[2]) and np.isnan(difference_interval(x[:1], y)[1])
+    same = np.array([9915.0, 9915.0])  # runs that ended at the same epoch: no spread, no interval either way
+    assert np.isnan(ratio_interval(same, y)[1]) and np.isnan(difference_interval(same, y)[1])
 
 
 def test_the_ratio_interval_covers_the_true_ratio_about_95_percent_of_the_time():

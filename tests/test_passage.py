@@ -63,7 +63,7 @@ def test_a_passage_on_another_readings_trajectory_is_that_readings_halving():
         assert traced(protocol)["lr_halved_step"] == table.loc[reading, "first_below_l_star"]
     step_run = traced("step")  # and the other way round: the Keras reading crosses after the step run halved
     row = passages(step_run, as_arrays(step_run)).set_index("reading").loc["epoch NE mean"]
-    assert row["first_below_l_star"] > step_run["lr_halved_step"] and not row["exact"]
+    assert row["first_below_l_star"] > step_run["lr_halved_step"] + 1 and not row["exact"]
 
 
 def test_passage_command_writes_its_page_and_the_report_links_it(tmp_path):

@@ -219,3 +219,17 @@ def test_a_long_trace_is_whole_across_its_flushes(monkeypatch):
     assert len(record["trace"]["objective"]) == 30 and record["trace"].get("first_step", 1) == 1
     monkeypatch.setattr(tracemod, "FLUSH", 1000)
     assert train(cfg, data=DATA)["trace"] == record["trace"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("protocol", ["step", "keras-running"])
+def test_cuda_per_step_decisions_match_the_cpu(protocol):
+    """On CUDA the readings reach the host by an asynchronous copy and an event (train.reading_copy): a pack
+    there decides every run at the CPU's steps, alone, in float64."""
+    runs = [run(protocol, alpha=a, seed=s) for a, s in ((1.5, 0), (2.0, 1), (1.5, 2))]
+    packed = train_pack([r.replace(device="cuda") for r in runs], data=DATA)
+    for p, r in zip(packed, runs):
+        alone = train(r, data=DATA)
+        assert p["provenance"]["device_type"] == "cuda"
+        assert_same_run(p, alone, rel=1e-8)
