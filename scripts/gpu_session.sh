@@ -133,7 +133,7 @@ handback() {
   # 2. the results directory as results/ (its records, also those it started with), without checkpoints and locks
   local tarred=(-C "$results" --exclude=./checkpoints --exclude=./.locks --transform 's,^\.,results,')
   if ! archive results.tar.gz "${tarred[@]}" .; then
-    (cd "$results" && { find ./runs -name '*.json' -newer "$work/started"; ls ./sweep.log ./report/*.md 2>/dev/null; } \
+    (cd "$results" && { find ./runs \( -name '*.json' -o -name '*.trace.csv.gz' \) -newer "$work/started"; ls ./sweep.log ./report/*.md 2>/dev/null; } \
       > "$work/new-files")
     archive results.tar.gz "${tarred[@]}" -T "$work/new-files" \
       && echo "- results.tar.gz holds only this session's records, the sweep log and the report's tables" >> "$notes"

@@ -17,6 +17,7 @@ nothing written.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tarfile
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nerepro.errors import NereproError, ResultsError  # noqa: E402
 from nerepro.record import read_record, remove_stale_temp_files, write_json_atomic  # noqa: E402
 from nerepro.results import ResultsDir  # noqa: E402
+from nerepro.trace import read_trace, trace_path  # noqa: E402
 
 DEFAULT_INTO = "results/f1"
 # the fields that say what a run gave; two records of one run id that differ here are a conflict
@@ -37,9 +39,10 @@ RESULT_FIELDS = ("status", "convergence_steps", "steps", "lr_halved_step", "trai
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a run id becomes a file name
 
 
-def read_archive(path: Path) -> tuple[dict[str, dict], list[str], list[str], list[str]]:
+def read_archive(path: Path, traces: dict | None = None) -> tuple[dict[str, dict], list[str], list[str], list[str]]:
     """(valid records by run id, the session's sweep.log lines, invalid members and why, other notes);
-    ResultsError for an archive that is missing, not a tar, or holds no valid record."""
+    ResultsError for an archive that is missing, not a tar, or holds no valid record. Readable per-step traces
+    (runs/<run_id>.trace.csv.gz) go into `traces` by run id, as bytes."""
     if not path.is_file():
         raise ResultsError(f"no archive at {path}: pass a session's results.tar.gz (scripts/gpu_session.sh OUTDIR)")
     records, log_lines, invalid, notes = {}, [], [], []
@@ -51,6 +54,17 @@ def read_archive(path: Path) -> tuple[dict[str, dict], list[str], list[str], lis
                     continue
                 if parts[-1] == "sweep.log" and len(parts) <= 2:
                     log_lines += tar.extractfile(member).read().decode("utf-8", "replace").splitlines()
+                elif len(parts) >= 2 and parts[-2] == "runs" and parts[-1].endswith(".trace.csv.gz"):
+                    data = tar.extractfile(member).read()
+                    file = Path(tmp) / "member.trace.csv.gz"
+                    file.write_bytes(data)
+                    try:
+                        read_trace(file)
+                    except ResultsError as e:
+                        invalid.append(str(e).replace(str(file), member.name).split(": rerun")[0])
+                        continue
+                    if traces is not None:
+                        traces[parts[-1].removesuffix(".trace.csv.gz")] = data
                 elif len(parts) >= 2 and parts[-2] == "runs" and parts[-1].endswith(".json"):
                     record, why = _validate(tar.extractfile(member).read(), member.name, Path(tmp))
                     if record is None:
@@ -103,8 +117,12 @@ def decide(existing: dict | None, new: dict) -> tuple[str, str]:
     return "kept", "already recorded" if existing == new else "already recorded (same results; other fields differ)"
 
 
-def merge(store: ResultsDir, records: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """Write each record that `decide` admits, atomically, under the run's lock; returns (action, run id, detail)."""
+def merge(store: ResultsDir, records: dict[str, dict], traces: dict[str, bytes] | None = None
+          ) -> list[tuple[str, str, str]]:
+    """Write each record that `decide` admits, atomically, under the run's lock, its trace first where the
+    archive has one (and a trace the archive has for a record kept here that lacks one); returns (action, run
+    id, detail)."""
+    traces = traces or {}
     store.runs.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(store.runs)
     changes = []
@@ -124,6 +142,12 @@ def merge(store: ResultsDir, records: dict[str, dict]) -> list[tuple[str, str, s
                     path.replace(target)
                     changes.append(("moved", run_id, f"unreadable record moved to {target} ({e})"))
             action, detail = decide(existing, records[run_id])
+            trace = trace_path(path)
+            if run_id in traces and (action in ("added", "replaced") or (action == "kept" and not trace.exists())):
+                tmp = trace.with_name(f".{trace.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(traces[run_id])
+                os.replace(tmp, trace)
+                detail += ", with its trace"
             if action in ("added", "replaced"):
                 write_json_atomic(path, records[run_id])
             changes.append((action, run_id, detail))
@@ -179,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path(args.into)
     try:
-        records, log_lines, invalid, notes = read_archive(Path(args.archive))
+        traces: dict[str, bytes] = {}
+        records, log_lines, invalid, notes = read_archive(Path(args.archive), traces)
         before = f1_rows(root)
         store = ResultsDir(root)
-        changes = merge(store, records)
+        changes = merge(store, records, traces)
         logged = append_log(store, log_lines)
     except OSError as e:  # each record is written whole or not at all: a rerun completes the merge
         print(f"import_gpu: error: cannot write to {root} ({e.strerror or e}): fix it and import again",
@@ -201,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.archive} -> {store.runs}: {counts['added']} added, {counts['replaced']} replaced an error record, "
           f"{counts['kept']} kept, {counts['conflict']} conflicts (existing kept), {counts['skipped']} skipped, "
           f"{len(invalid)} invalid; {logged} sweep.log lines appended")
-    changed = counts["added"] + counts["replaced"] + logged > 0 or any(c[0] == "moved" for c in changes)
+    changed = counts["added"] + counts["replaced"] + logged > 0 or any(c[0] == "moved" or "with its trace" in c[2]
+                                                                        for c in changes)
     if changed or not (root / "report" / "table2.md").exists():
         try:
             rebuild_report(root)

@@ -36,7 +36,7 @@ def archive(path, records, log_lines=(), extra=()):
         members += [("results/sweep.log", "".join(f"{line}\n" for line in log_lines)),
                     ("results/report/table2.md", "the session's report, rebuilt here\n"), *extra]
         for name, text in members:
-            data = text.encode()
+            data = text if isinstance(text, bytes) else text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -119,3 +119,22 @@ def test_bad_archives_are_one_line_and_exit_2_with_nothing_written(tmp_path, cap
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("import_gpu: error: ") and message in err
     assert snapshot(into) == before
+
+
+def test_traces_come_with_their_records(tmp_path, capsys):
+    """A session's per-step traces (runs/<id>.trace.csv.gz) land beside their records; an unreadable one is
+    reported invalid and its record still comes in."""
+    from nerepro.trace import read_trace, trace_path, write_trace
+
+    good, bad = real_record(5), real_record(6)
+    trace = write_trace(tmp_path / "t.trace.csv.gz", {"loss_b": [2.3, 1.9], "objective": [2.4, 1.8]}).read_bytes()
+    path = archive(tmp_path / "results.tar.gz", [good, bad], extra=[
+        (f"results/runs/{good['run_id']}.trace.csv.gz", trace),
+        (f"results/runs/{bad['run_id']}.trace.csv.gz", b"not gzip")])
+    into = tmp_path / "f1"
+    assert import_gpu.main([str(path), "--into", str(into)]) == 0
+    out = capsys.readouterr().out
+    assert "invalid" in out and f"{bad['run_id']}.trace.csv.gz" in out and "with its trace" in out
+    assert read_trace(trace_path(into / "runs" / f"{good['run_id']}.json"))["objective"].tolist() == [2.4, 1.8]
+    assert (into / "runs" / f"{bad['run_id']}.json").is_file()
+    assert not trace_path(into / "runs" / f"{bad['run_id']}.json").exists()
