@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -19,9 +20,15 @@ DATA = synthetic_data(n_train=400, n_test=100)
 
 
 def traced(protocol: str, alpha: float = 1.5, **kw) -> dict:
+    """A traced run on the synthetic data (computed once per setting in this module; callers do not modify it)."""
+    return _traced(protocol, alpha, tuple(sorted(kw.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _traced(protocol: str, alpha: float, kw: tuple) -> dict:
     base = dict(network="F1", alpha=alpha, batch_size=40, device="cpu", precision="fp64", l_star=0.5,
                 l_star_star=0.005, max_steps=400, trace=True, seed=1)
-    cfg = RunConfig(**{**base, **PROTOCOLS[protocol], **kw})
+    cfg = RunConfig(**{**base, **PROTOCOLS[protocol], **dict(kw)})
     return train(cfg, data=DATA)
 
 
