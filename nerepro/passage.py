@@ -1,7 +1,7 @@
 """`nerepro passage`: when each reading of "the training loss" first falls below L*, on one traced trajectory.
 
 A convergence time is close to the first passage of a noisy reading through L* (the halving; the run then
-reaches L** soon after), so it depends on how much the reading fluctuates on the plateau above L*. From a run
+reaches L** soon after), so it depends on how much the reading fluctuates on its approach to L*. From a run
 kept with --trace (every step's L_B and NE loss), this computes for every reading the step at which it would
 first cross L* on that trajectory, and its spread on the plateau:
 
@@ -39,7 +39,7 @@ from .trace import read_trace, trace_path
 WINDOWS = tuple(range(2, 31))
 SHOWN_WINDOWS = (2, 5, 10, 20, 30)  # in the page's table; passage.csv has every w
 PASSAGE_FIGURE = "passage"
-PLATEAU = 2.0  # the plateau starts where the epoch NE mean first falls below PLATEAU x L*
+PLATEAU_STEPS = 1000  # the plateau: the last steps of the exact range, where every reading approaches L*
 
 
 def readings(loss_b: np.ndarray, objective: np.ndarray, epoch: int, alpha: float) -> dict[str, tuple]:
@@ -78,8 +78,8 @@ def first_below(steps: np.ndarray, values: np.ndarray, threshold: float) -> int 
 
 def passages(record: dict, trace: dict) -> pd.DataFrame:
     """One row per reading: its first passage below L* on the traced trajectory, whether that is exact, and its
-    mean and std on the plateau (from where the epoch NE mean first falls below 2 L* to the traced run's
-    halving, or to its end)."""
+    mean and std on the plateau (the last PLATEAU_STEPS steps of the exact range: up to the traced run's
+    halving step + 1, or to its end)."""
     config = record["config"]
     cfg = RunConfig(record["network"], float(record["alpha"]), int(record["batch_size"]),
                     **{k: config[k] for k in ("sampling", "check_every", "stop_loss", "adam_update") if k in config})
@@ -91,18 +91,17 @@ def passages(record: dict, trace: dict) -> pd.DataFrame:
     series = readings(trace["loss_b"], trace["objective"], epoch, cfg.alpha)
     halved, end = record.get("lr_halved_step"), len(trace["objective"])
     exact_until = min(halved + 1, end) if halved is not None else end
-    ends, means = series["epoch NE mean"][:2]
-    start = first_below(ends, means, PLATEAU * l_star)
+    start = max(1, exact_until - PLATEAU_STEPS + 1)
     rows = []
     for name, (steps, values, every) in series.items():
         passage = first_below(steps, values, l_star)
-        on = (steps >= start) & (steps <= exact_until) if start is not None else np.zeros(len(steps), bool)
+        on = (steps >= start) & (steps <= exact_until)
         rows.append({
             "run_id": record["run_id"], "traced_reading": variant_of(record), "alpha": cfg.alpha,
             "batch_size": cfg.batch_size, "seed": record["seed"], "reading": name, "read_every": every,
             "window": int(name.split(", ")[1].split()[0]) if name.startswith("NE mean, ") else None,
             "first_below_l_star": passage, "exact": passage is not None and passage <= exact_until,
-            "plateau_start": start, "plateau_end": exact_until if start is not None else None,
+            "plateau_start": start, "plateau_end": exact_until,
             "plateau_mean": float(values[on].mean()) if on.any() else math.nan,
             "plateau_std": float(values[on].std(ddof=1)) if on.sum() > 1 else math.nan,
             "traced_halved": halved, "traced_converged": record.get("convergence_steps"), "l_star": l_star,
@@ -157,8 +156,9 @@ def write_passage(results: Path | str, out: Path) -> str | None:
     lines = ["# When each reading first falls below L*, on traced trajectories", "",
              "Every reading of a traced run's trajectory (its per-step L_B and NE losses): the step at which it "
              "first falls below L* (where a run reading it halves its rate; it then reaches L** soon after), and its "
-             "mean ± std on the plateau (from where the epoch NE mean first falls below 2 L* to the traced run's "
-             "halving). A passage is exact up to the traced run's own halving (`*`: later, so only indicative). "
+             f"mean ± std on the plateau (the {PLATEAU_STEPS:,} steps up to the traced run's halving step + 1, at its "
+             "values there). A passage is exact up to the traced run's halving step + 1, the last step whose loss "
+             "the halved rate has not touched (`*`: later, so only indicative). "
              "`nerepro passage` computes it; every window w = 2..30 is in passage.csv.", ""]
     head = ["reading", "read every", "first < L*", "plateau mean ± std"]
     for run_id, group in table.groupby("run_id", sort=False):
@@ -236,8 +236,7 @@ def figure_passage(table: pd.DataFrame, results: Path | str):
                         sampling=config.get("sampling", "paired"))
         series = readings(trace["loss_b"], trace["objective"], cfg.steps_per_epoch(int(record["n_train"])), cfg.alpha)
         l_star, l_star_star = float(config["l_star"]), float(config["l_star_star"])
-        start = rows["plateau_start"].iloc[0]
-        lo = int(max(1, (start if pd.notna(start) else 1) - 500))
+        lo = int(max(1, rows["plateau_start"].iloc[0] - 1000))
         hi = int(len(trace["objective"]))
         styles = {"step NE loss": dict(color="0.75", lw=0.5), "running NE mean": dict(color="tab:blue", lw=0.8),
                   "NE mean, 10 steps": dict(color="tab:green", lw=0.8),
@@ -259,13 +258,13 @@ def figure_passage(table: pd.DataFrame, results: Path | str):
                        label="paper: convergence ± σ")
         if record.get("lr_halved_step"):
             ax.axvline(record["lr_halved_step"], color="k", lw=1.2, label="traced run halves")
-        ax.set_yscale("log")
-        ax.set_ylim(l_star_star / 2, 10 * l_star)
+        ax.set_yscale("symlog", linthresh=l_star_star)  # NE losses can be negative
+        ax.set_ylim(-2 * l_star, 20 * l_star)
         ax.set_xlim(lo, hi)
         ax.set_title(f"F1, alpha = {cfg.alpha:g}, B = {cfg.batch_size}: {run_id} ({variant_of(record)})", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("reading")
-        ax.legend(fontsize=7, ncol=4, loc="upper right")
+        ax.legend(fontsize=7, ncol=4, loc="lower left")
     fig.tight_layout()
     return fig
 
