@@ -206,8 +206,9 @@ def readme_block(results: Results) -> str:
             r = r.iloc[0]
             spread = "" if math.isnan(r["steps_std"]) else f" ± {r['steps_std']:,.0f}"
             acc = "" if math.isnan(r["test_acc_std"]) else f" ± {r['test_acc_std']:.2f}"
-            cells.append(f"{r['steps_mean']:,.0f}{spread} steps (n = {int(r['n'])}, "
-                         f"{r['steps_diff_in_paper_std']:+.1f}σ), {r['test_acc_mean']:.2f}{acc}%")
+            delta = f"{r['steps_diff_in_paper_std']:+.1f}".replace("-", "−")
+            cells.append(f"{r['steps_mean']:,.0f}{spread} steps (n = {int(r['n'])}, {delta}σ), "
+                         f"{r['test_acc_mean']:.2f}{acc}%")
         table.append(cells)
     lines = [BEGIN, markdown(head, table), ""]
     for variant, name in present:
