@@ -210,6 +210,9 @@ def _step(value) -> str:
     return "never" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(value):,}"
 
 
+styles_order = ("step NE loss", "running NE mean", "NE mean, 10 steps", "epoch NE mean")  # drawn, in this order
+
+
 def figure_passage(table: pd.DataFrame, results: Path | str):
     """Per traced trajectory (one panel each, the longest-exact run of each alpha, B): the step NE loss, its
     running epoch mean, the mean over 10 steps and the epoch NE mean over the steps around L*, with L* and L**
@@ -236,7 +239,8 @@ def figure_passage(table: pd.DataFrame, results: Path | str):
                         sampling=config.get("sampling", "paired"))
         series = readings(trace["loss_b"], trace["objective"], cfg.steps_per_epoch(int(record["n_train"])), cfg.alpha)
         l_star, l_star_star = float(config["l_star"]), float(config["l_star_star"])
-        lo = int(max(1, rows["plateau_start"].iloc[0] - 1000))
+        shown = rows.loc[rows["reading"].isin(list(styles_order)), "first_below_l_star"].dropna()
+        lo = int(max(1, min([rows["plateau_start"].iloc[0], *shown]) - 300))  # from the first passage drawn
         hi = int(len(trace["objective"]))
         styles = {"step NE loss": dict(color="0.75", lw=0.5), "running NE mean": dict(color="tab:blue", lw=0.8),
                   "NE mean, 10 steps": dict(color="tab:green", lw=0.8),
