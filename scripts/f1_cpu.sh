@@ -26,7 +26,7 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 
 commit=$(git rev-parse HEAD)
-tree=$ROOT/.worktrees/f1-cpu-${commit:0:10}
+tree=${TREES:-$ROOT/.worktrees}/f1-cpu-${commit:0:10}  # TREES: where the worktrees go
 if [ ! -d "$tree" ]; then
   git worktree prune
   git worktree add --detach --quiet "$tree" "$commit"

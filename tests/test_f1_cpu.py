@@ -33,7 +33,7 @@ def test_f1_cpu_runs_the_head_commit_into_the_checkouts_results(tmp_path, fake_f
     config.write_text(CONFIG)
     results = tmp_path / "results"
     env = {**os.environ, "NEREPRO_DATA": str(fake_fmnist_root), "CONFIG": str(config), "RESULTS": str(results),
-           "TIME": "120", "WORKERS": "1", "PYTHON": sys.executable}
+           "TIME": "120", "WORKERS": "1", "PYTHON": sys.executable, "TREES": str(tmp_path / "trees")}
     out = subprocess.run([str(REPO / "scripts" / "f1_cpu.sh")], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr + out.stdout
     lines = out.stdout.splitlines()
@@ -50,3 +50,6 @@ def test_f1_cpu_runs_the_head_commit_into_the_checkouts_results(tmp_path, fake_f
     again = subprocess.run([str(REPO / "scripts" / "f1_cpu.sh")], capture_output=True, text=True, env=env,
                            timeout=300)
     assert again.returncode == 0 and "0 runs to do" in again.stdout
+    tree = tmp_path / "trees" / f"f1-cpu-{head[:10]}"
+    assert tree.is_dir()  # the commit's own worktree, where TREES says
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
