@@ -256,7 +256,7 @@ def sweep(
         throughput, _ = planning_throughput(_records(store), slots(device, workers_per_device), threads)
         for cfg in todo:
             if (seconds := throughput.seconds(cfg)) is not None:
-                store.log(f"planned:{seconds:.0f}", cfg.run_id)
+                store.log(f"planned:{seconds:.4g}", cfg.run_id)
     display = SweepDisplay(len(todo))
     deadline = started + limit - pause_margin(limit) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
