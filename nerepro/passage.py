@@ -31,7 +31,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .errors import ConfigError, ResultsError
-from .paper import table_2
+from .headline import paper_row
 from .results import load_records, variant_of
 from .tables import markdown
 from .trace import read_trace, trace_path
@@ -138,10 +138,11 @@ def passage_table(results: Path | str) -> pd.DataFrame:
 
 
 def paper_steps(alpha: float, batch_size: int) -> tuple[float, float] | None:
-    for r in table_2():
-        if r["network"] == "F1" and float(r["alpha"]) == alpha and int(r["b_opt"]) == batch_size:
-            return float(r["convergence_steps_mean"]), float(r["convergence_steps_std"])
-    return None
+    """Table 2's convergence steps (mean, std) at an F1 row, or None where Table 2 has no such row."""
+    try:
+        return paper_row(alpha, batch_size)["steps"]
+    except KeyError:
+        return None
 
 
 def write_passage(results: Path | str, out: Path) -> str | None:

@@ -47,10 +47,6 @@ class StepTrace:
             state.trace["loss_b"] += values[:, i, 0].tolist()
             state.trace["objective"] += values[:, i, 1].tolist()
 
-    def keep(self, runs: list[int], states: list) -> None:
-        """Only these runs from now on (flush first: the pending steps still hold every run)."""
-        self.flush(states)
-
 
 def trace_path(record_path: Path | str) -> Path:
     """Where the trace of the record at `record_path` (<run_id>.json) lies: beside it."""

@@ -259,6 +259,27 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         if on_record:
             on_record(record)
 
+    def decide(m: Member, at: int, loss: float | None, exact: bool, minibatch_loss: float, row: bool) -> bool:
+        """One run's check at step `at` (Sec. 3's rule, `next_action`; None: no reading, go on): halve the rate
+        from the next step on, or end the run; a curve row and a progress line where `row` or a decision asks
+        for them. Returns whether the run ended."""
+        state = m.state
+        action = next_action(loss, state.halved_at is not None, l_star, l_star_star) if loss is not None \
+            else Action.CONTINUE
+        if action is Action.HALVE:
+            state.halved_at = at
+            for group in m.optimizer.param_groups:
+                group["lr"] = m.cfg.learning_rate / 2
+        if row or action is not Action.CONTINUE:
+            values = (at, finite_or_none(loss), exact, finite_or_none(minibatch_loss), m.optimizer.param_groups[0]["lr"])
+            for key, value in zip(CURVE, values):
+                state.curve[key].append(value)
+            if progress:
+                progress(m.cfg.run_id, at, loss_text(loss, exact, minibatch_loss, m.cfg.effective_stop_loss))
+        if action in (Action.STOP, Action.DIVERGE):
+            state.status = "converged" if action is Action.STOP else "diverged"
+        return action in (Action.STOP, Action.DIVERGE)
+
     def leave(ended: list[int]) -> list[int] | None:
         """Runs that ended leave the pack, the rest go on without their cost; returns the indices kept."""
         nonlocal draws, alphas, minibatch_sum
@@ -267,8 +288,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         for i in ended:
             finish(members[i])
         keep = [i for i in range(len(members)) if i not in ended]
-        if tracer is not None:
-            tracer.keep(keep, [m.state for m in members])
+        if tracer is not None:  # its pending steps hold every run: to their lists before the pack shrinks
+            tracer.flush([m.state for m in members])
         members[:] = [members[i] for i in keep]  # in place: the caller's list lets the ended runs go too
         draws = PackDraws([m.sampler for m in members]) if members else None
         alphas, minibatch_sum = alphas[keep], minibatch_sum[keep]
@@ -290,25 +311,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         t_check = time.perf_counter()
         minibatch_sum.zero_()
         since_check = 0
-        ended = []
-        for i, m in enumerate(members):
-            state = m.state
-            action = next_action(values[i], state.halved_at is not None, l_star, l_star_star)
-            if action is Action.HALVE:
-                state.halved_at = at
-                for group in m.optimizer.param_groups:
-                    group["lr"] = m.cfg.learning_rate / 2
-            if action is not Action.CONTINUE or at % epoch == 0 or at == cfg.max_steps:  # a curve row
-                row = (at, finite_or_none(values[i]), True, finite_or_none(minibatch_means[i]),
-                       m.optimizer.param_groups[0]["lr"])
-                for key, value in zip(CURVE, row):
-                    state.curve[key].append(value)
-                if progress:
-                    progress(m.cfg.run_id, at, loss_text(values[i], True, minibatch_means[i],
-                                                         m.cfg.effective_stop_loss))
-            if action in (Action.STOP, Action.DIVERGE):
-                state.status = "converged" if action is Action.STOP else "diverged"
-                ended.append(i)
+        ended = [i for i, m in enumerate(members)  # curve rows at each epoch's end, the last step and decisions
+                 if decide(m, at, values[i], True, minibatch_means[i], row=at % epoch == 0 or at == cfg.max_steps)]
         check_s = time.perf_counter() - t_check
         for m in members:
             m.state.check_s += check_s
@@ -379,21 +383,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         check_s = time.perf_counter() - t_check
         ended = []
         for i, (m, (loss, exact), minibatch_loss) in enumerate(zip(members, found, minibatch_losses)):
-            state = m.state
-            action = next_action(loss, state.halved_at is not None, l_star, l_star_star) if loss is not None \
-                else Action.CONTINUE
-            if action is Action.HALVE:
-                state.halved_at = step
-                for group in m.optimizer.param_groups:
-                    group["lr"] = m.cfg.learning_rate / 2
-            row = (step, finite_or_none(loss), exact, finite_or_none(minibatch_loss), m.optimizer.param_groups[0]["lr"])
-            for key, value in zip(CURVE, row):
-                state.curve[key].append(value)
-            state.check_s += check_s
-            if progress:
-                progress(m.cfg.run_id, step, loss_text(loss, exact, minibatch_loss, m.cfg.effective_stop_loss))
-            if action in (Action.STOP, Action.DIVERGE):
-                state.status = "converged" if action is Action.STOP else "diverged"
+            m.state.check_s += check_s
+            if decide(m, step, loss, exact, minibatch_loss, row=True):
                 ended.append(i)
         leave(ended)
         if members and checkpoint_every_s is not None and time.perf_counter() - last_save >= checkpoint_every_s \
