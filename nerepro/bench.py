@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing as mp
 import os
 import queue
 import resource
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -103,43 +106,147 @@ def warmup_run(cfg: RunConfig, steps: int) -> RunConfig:
 def bench(network: str, batch_size: int, alpha: float, steps: int, device: str = "auto", precision: str = "fp32",
           check_every: int = 50, compile: str = "auto", warmup: int = 20, data_dir: str | None = None,
           protocol: str | None = None) -> dict:
-    """Train `steps` steps from seed 0 (after `warmup` discarded steps: compilation, autotuning) and measure."""
+    """Train one run of `warmup` + `steps` steps from seed 0 and measure the `steps` after the warm-up: one model,
+    optimizer and compiled module, so that compilation, autotuning and CUDA-graph recording fall in the warm-up.
+    A run that stops (L < L**, divergence) in the timed steps is timed to there; one that stops in the warm-up is
+    an error."""
     timed_precision(precision)
+    if steps < 1 or warmup < 0:
+        raise ConfigError(f"--steps takes the steps to time, at least 1, and --warmup at least 0, got {steps} and "
+                          f"{warmup}")
     dev = resolve_device(device)
-    cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=0, max_steps=steps,
+    mode = compile_mode(compile, dev, network)
+    cfg = RunConfig(network=network, alpha=alpha, batch_size=batch_size, seed=0, max_steps=warmup + steps,
                     precision=precision, compile=compile, device=str(dev), **readings(protocol, check_every))
     data, real = bench_data(network, dev, data_dir)
+    graphs_wanted = mode == "reduce-overhead" and dev.type == "cuda"
+    marks = {}
+
+    def clock(step: int, state) -> None:
+        """Before each step: the loop's start (its clock starts there too, train._loop) and the warm-up's end."""
+        if step == 0:
+            marks["loop"] = time.perf_counter()
+        if step == warmup:
+            _sync(dev)  # the warm-up's queued work is the warm-up's
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            marks["check_s"], marks["recorded"] = state.check_s, graphs.recorded
+            marks["timed"] = time.perf_counter()
+
     t_warmup = time.perf_counter()
-    if warmup:
-        train(cfg.replace(max_steps=warmup), data=data, final_evaluation=False)
-    _sync(dev)
-    warmup_s = time.perf_counter() - t_warmup
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    record = train(cfg, data=data, final_evaluation=False)  # its loop_s ends with a device synchronisation
-    loop_s = record["loop_s"]
+    with watch_graphs() if graphs_wanted else contextlib.nullcontext(GraphLog()) as graphs:
+        record = train(cfg, data=data, final_evaluation=False, before_step=clock)
+    timed = record["steps"] - warmup
+    if "timed" not in marks or timed <= 0:
+        raise ConfigError(f"the run ended ({record['status']}) at step {record['steps']}, within the {warmup} "
+                          f"warm-up steps: nothing to time; lower --warmup")
+    loop_s = record["loop_s"] - (marks["timed"] - marks["loop"])  # the loop less its warm-up; both end synchronised
     memory = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"  # the run's, before the matmul probe
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     tf32 = dev.type == "cuda" and (precision == "tf32" or (network != "F1" and precision == "fp32"))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_peak(dev, dtype, tf32=tf32)
     flops = training_flops_per_sample(network)
-    samples_per_s = record["samples_processed"] / loop_s
+    samples_per_s = (record["samples_processed"] - warmup * cfg.samples_per_step(record["n_train"])) / loop_s
     achieved = samples_per_s * flops / 1e12
     return {
         "network": network, "batch_size": batch_size, "alpha": alpha, "precision": precision,
-        "compile": compile_mode(compile, dev, network), "steps": record["steps"], "check_every": cfg.check_every,
+        "compile": mode, "steps": timed, "check_every": cfg.check_every,
         "protocol": protocol, "stop_loss": cfg.effective_stop_loss,
         "data": "real" if real else "random", "device": device_name(dev), "device_type": dev.type,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "steps_per_s": record["steps"] / loop_s, "samples_per_s": samples_per_s,
+        "steps_per_s": timed / loop_s, "samples_per_s": samples_per_s,
         "gflop_per_sample": flops / 1e9, "achieved_tflops": achieved,
         "peak_tflops": peak, "peak_kind": "bf16" if precision == "bf16" else ("tf32" if tf32 else "fp32"),
-        "fraction_of_peak": achieved / peak, "check_share": record["check_s"] / loop_s,
+        "fraction_of_peak": achieved / peak, "check_share": (record["check_s"] - marks["check_s"]) / loop_s,
         "peak_memory_gib": memory / 2 ** 30, "memory_kind": "device" if dev.type == "cuda" else "process RSS",
-        "warmup_steps": warmup, "warmup_s": warmup_s,
+        "warmup_steps": warmup, "warmup_s": marks["timed"] - t_warmup,
+        "cuda_graphs": cuda_graph_status(mode, dev.type, graphs, late=graphs.recorded - marks["recorded"]),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+@dataclass
+class GraphLog:
+    """What inductor did about CUDA graphs (`--compile reduce-overhead`) while `watch_graphs` watched."""
+
+    recorded: int = 0  # graphs captured: recordings of inductor's CUDA graph trees
+    skips: int = 0  # graphs run without CUDA graphs: inductor's counters["inductor"]["cudagraph_skips"]
+    reasons: list[str] = field(default_factory=list)  # its "skipping cudagraphs due to ..." warnings
+    unknown: str = ""  # why nothing could be watched
+
+
+class _Warnings(logging.Handler):
+    def __init__(self, messages: list[str]):
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def watch_graphs():
+    """Yields a GraphLog filled while the block runs: the recordings (the CUDA-graph trees' recording callback,
+    torch._dynamo.callback_handler), the skips (inductor's counter) and their reasons (the warnings inductor
+    logs with each skip, torch._inductor.cudagraph_utils). A graph that graph partitioning leaves uncaptured
+    may be neither counted nor logged: no recording and no skip is reported as a skip (cuda_graph_status)."""
+    log = GraphLog()
+    try:
+        import torch._dynamo
+        import torch._inductor.cudagraph_utils as cudagraph_utils
+        from torch._dynamo.callback import CallbackTrigger
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.callback_handler.register_start_callback  # noqa: B018 - present in this torch?
+    except (ImportError, AttributeError) as e:  # a torch without this bookkeeping: the bench runs, status unknown
+        log.unknown = f"this torch does not say ({type(e).__name__}: {e})"
+        yield log
+        return
+
+    def recording(args) -> None:
+        if args.callback_trigger is CallbackTrigger.CUDAGRAPH_RECORDING:
+            log.recorded += 1
+
+    handler = _Warnings(log.reasons)
+    loggers = {getattr(cudagraph_utils, name, None) for name in ("cudagraphs_log", "perf_hint_log")} - {None}
+    # the logger of the skip warnings: perf_hints in older torch 2.x, cudagraphs in newer
+    skips = counters["inductor"]["cudagraph_skips"]
+    torch._dynamo.callback_handler.register_start_callback(recording)
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield log
+    finally:
+        torch._dynamo.callback_handler.remove_start_callback(recording)
+        for lg in loggers:
+            lg.removeHandler(handler)
+        log.skips = counters["inductor"]["cudagraph_skips"] - skips
+
+
+def skip_reason(message: str) -> str:
+    """A skip warning's reason, e.g. 'skipping cudagraphs due to mutated inputs (2 instances). Found from :
+    <stack trace>' -> 'mutated inputs (2 instances)'."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    for prefix in ("skipping cudagraphs due to ", "skipping cudagraph due to "):
+        first = first.removeprefix(prefix)
+    return first.split(". Found from")[0].rstrip(" .:")
+
+
+def cuda_graph_status(mode: str, device_type: str, log: GraphLog, late: int = 0) -> str:
+    """Whether a run's compiled steps ran as CUDA graphs: "not used" (not reduce-overhead on CUDA), "captured",
+    or "skipped: <reason>". `late`: graphs recorded in the timed steps (their recording is in the time)."""
+    if mode != "reduce-overhead" or device_type != "cuda":
+        return "not used"
+    if log.unknown:
+        return f"unknown: {log.unknown}"
+    if log.skips:
+        reasons = "; ".join(dict.fromkeys(skip_reason(m) for m in log.reasons)) or \
+            f"{log.skips} graph(s), inductor logged no reason"
+        return f"skipped: {reasons}" + (f" ({log.recorded} other graph(s) captured)" if log.recorded else "")
+    if not log.recorded:
+        return "skipped: no CUDA graph was recorded and inductor named no reason"
+    return "captured" + (f" ({late} of {log.recorded} recorded in the timed steps)" if late else "")
 
 
 def bench_pack(network: str, batch_size: int, alpha: float, steps: int, runs: int, device: str = "auto",
@@ -268,4 +375,5 @@ def summary(result: dict) -> str:
             f"{r['peak_kind']} matmul peak {r['peak_tflops']:.3g} TFLOP/s; checks (per-step readings: their "
             f"decisions on the host) {100 * r['check_share']:.1f}% "
             f"of the loop; peak {r['memory_kind']} memory {r['peak_memory_gib']:.2f} GiB; warm-up "
-            f"({r['warmup_steps']} steps, compilation included) {r['warmup_s']:.1f} s")
+            f"({r['warmup_steps']} steps, compilation included) {r['warmup_s']:.1f} s"
+            + (f"; CUDA graphs {r['cuda_graphs']}" if r["compile"] == "reduce-overhead" else ""))

@@ -172,6 +172,10 @@ def sweep(
         "--priority", help="Only the runs of the configs' priorities up to this one (1: the headline rows).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Only shard i/n of the grid, 0 <= i < n (e.g. a Slurm "
                                                       "array task: $SLURM_ARRAY_TASK_ID/16).")] = None,
+    runs_file: Annotated[Optional[Path], typer.Option(
+        "--runs", help="Only the runs whose ids FILE lists, one per line (e.g. from --dry-run --list), in its "
+                       "order; a line 'ID SECONDS' also gives the time its pack may take, used under --time-limit "
+                       "until runs of its kind are measured (a GPU lease's session gives its plan so).")] = None,
     executor: Annotated[str, typer.Option(help="local (worker processes on this machine) or ray.")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (e.g. auto); default: start a "
                                                         "local one.")] = None,
@@ -222,6 +226,9 @@ def sweep(
         runs = [c for c in runs if priority[c.run_id] <= max_priority]
     if shard:
         runs = take_shard(runs, *parse_shard(shard))
+    planned = {}
+    if runs_file is not None:
+        runs, planned = listed_runs(runs_file, [cfg for _, cfg in plan], runs)
     store = ResultsDir(results)
     if list_runs and not dry_run:
         raise ConfigError("--list goes with --dry-run (it lists the runs a sweep would do; nothing trains)")
@@ -247,20 +254,25 @@ def sweep(
     check_writable(results)
     for note in store.prepare():
         typer.echo(note, err=True)
-    todo = sweep_order(pending_runs(runs, store), priority)
+    todo = pending_runs(runs, store) if runs_file is not None else sweep_order(pending_runs(runs, store), priority)
+    check_data(todo, data_dir) if executor == "local" else None
     typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}" + (f" within {limit:g} s" if limit else ""))
     if limit and executor == "local":  # the plan of each run, for plan against actual (scripts/plan_vs_actual.py)
         from .plan import planning_throughput
         from .sweep import slots
 
-        throughput, _ = planning_throughput(_records(store), slots(device, workers_per_device), threads)
+        where = slots(device, workers_per_device)
+        throughput, _ = planning_throughput(_records(store), where, threads)
         for cfg in todo:
             if (seconds := throughput.seconds(cfg)) is not None:
                 store.log(f"planned:{seconds:.4g}", cfg.run_id)
+                if where[0] == "cpu":  # this machine's own speed, until the sweep measures runs of its kind
+                    planned.setdefault(cfg.run_id, throughput.bound(cfg))
     display = SweepDisplay(len(todo))
     deadline = started + limit - pause_margin(limit) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
-                   on_event=display, deadline=deadline, pack=pack, max_pack=max_pack, priority=priority)
+                   on_event=display, deadline=deadline, pack=pack, max_pack=max_pack, priority=priority,
+                   planned=planned)
     if executor == "ray":
         options.update(address=address, gpus_per_run=gpus_per_run)
     else:
@@ -282,6 +294,44 @@ def sweep(
                    "command to continue")
     if counts.get("error", 0) or (missing and not limit):
         raise typer.Exit(1)
+
+
+def listed_runs(path: Path, configs: list, kept: list) -> tuple[list, dict]:
+    """The runs of `kept` (the configs' runs after --network, --priority, --shard) whose ids `path` lists, in
+    its order, and the seconds given for them ('ID SECONDS' lines); an id that is not a run of the configs, or
+    seconds that are not a positive number, is an error."""
+    from .errors import ConfigError
+
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise ConfigError(f"--runs {path}: cannot read it ({e.strerror}): give a file of run ids, one per line") from None
+    ids, planned = [words[0] for words in lines], {}
+    for words in lines:
+        try:
+            if len(words) > 2 or (len(words) == 2 and not float(words[1]) > 0):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--runs {path}: the line {' '.join(words)!r} is not 'ID' or 'ID SECONDS' with "
+                              "positive seconds") from None
+        if len(words) == 2:
+            planned[words[0]] = float(words[1])
+    known = {c.run_id for c in configs}
+    if unknown := [i for i in ids if i not in known]:
+        raise ConfigError(f"--runs {path}: {len(unknown)} id(s) are not runs of the configs (first: {unknown[0]}); "
+                          "`nerepro sweep CONFIGS --dry-run --list` prints theirs")
+    by_id = {c.run_id: c for c in kept}
+    return [by_id[i] for i in dict.fromkeys(ids) if i in by_id], planned
+
+
+def check_data(runs: list, data_dir: Path | None) -> None:
+    """Before a sweep trains anything: the dataset of each network it will train must be there (a run without
+    it would only write an error record)."""
+    from . import data as datasets
+
+    for network in dict.fromkeys(c.network for c in runs):
+        if problem := datasets.missing(datasets.NETWORK_DATASET[network], data_dir):
+            raise datasets.DataError(f"{problem}; nothing was trained")
 
 
 def parse_check_every(text: str | None) -> int | str | None:
@@ -474,7 +524,8 @@ def bench(
     batch_size: Annotated[int, typer.Option(help="Minibatch size B.")] = 1000,
     alpha: Annotated[float, typer.Option(help="Noise-enhancement factor (alpha != 1 reads 2B per step).")] = 1.5,
     steps: Annotated[int, typer.Option(help="Steps to time, after the warm-up.")] = 100,
-    warmup: Annotated[int, typer.Option(help="Steps run first and not timed (compilation, autotuning).")] = 20,
+    warmup: Annotated[int, typer.Option(help="Steps the same run takes first, not timed (compilation, autotuning, "
+                                             "CUDA-graph recording).")] = 20,
     check_every: Annotated[int, typer.Option(help="Steps between loss checks, as in a real run.")] = 50,
     precision: Annotated[str, typer.Option(help="fp32 (TF32 convolutions on CUDA), tf32 (matmuls too) or bf16.")] = "fp32",
     compile: Annotated[str, typer.Option(help="auto (on for C1/C2 on CUDA), off, default or reduce-overhead.")] = "auto",
@@ -489,7 +540,8 @@ def bench(
              "cadence replaces --check-every. E.g. step times the per-step read and decision.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object instead of the summary line.")] = False,
 ):
-    """Time the training loop: steps/s, samples/s, TFLOP/s against a matmul peak measured now, check share, memory.
+    """Time the training loop: steps/s, samples/s, TFLOP/s against a matmul peak measured now, check share, memory,
+    and with --compile reduce-overhead whether CUDA graphs were captured or skipped (and why).
     With --pack R: TFLOP/s of R runs as one pack against R runs one after another (and K worker processes).
 
     Example: nerepro bench --network C1 --batch-size 5000 --alpha 1.5 --precision bf16 --device cuda

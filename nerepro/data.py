@@ -115,6 +115,22 @@ def download(names: list[str], data_dir: str | os.PathLike | None = None) -> Pat
     return root
 
 
+FILES = {"fashion-mnist": [f"raw/{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")],
+         "cifar10": ["batches.meta", "data_batch_1", "test_batch"], "cifar100": ["meta", "train", "test"]}
+
+
+def missing(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
+    """Why `load` would fail for want of files (a quick look, no reading: a dataset whose files are all there
+    may still be corrupt, which `load` says), with the command that fixes it; None if every file is there."""
+    root = resolve_data_dir(data_dir)
+    display, _, folder = DATASETS[name]
+    absent = [f for f in FILES[name] if not ((root / folder / f).exists() or (root / folder / f"{f}.gz").exists())]
+    if not absent:
+        return None
+    return (f"{display} not found in {root / folder} ({absent[0]} is missing): run `nerepro data download {name} "
+            f"--data-dir {root}` or point --data-dir / NEREPRO_DATA at a copy")
+
+
 def is_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     """Whether `load` would succeed (files present and intact), without keeping the tensors."""
     try:

@@ -1,250 +1,637 @@
-"""How a fixed lease's sweep uses its device: how many workers share it and how many runs train in one pack.
+"""A GPU lease of a fixed length turned into the paper's F1 rows, then the benchmarks a user's GPU-hours need.
 
-`scripts/gpu_session.sh` asks before its sweep, in one interpreter start:
+    python -m nerepro.session run OUTDIR --seconds 540        (scripts/gpu_session.sh is its entry point)
+    python -m nerepro.session plan configs/f1.toml --seconds 540 --device cuda
 
-    python -m nerepro.session plan configs/f1.toml --seeds 10 --network F1 --device cuda --seconds 250 --results R
+`run` finishes inside its budget, counted from the wrapper's start (--started), with everything it made in
+OUTDIR (at most 8 files, none over 15 MiB, the logs first). In order:
 
-and passes the answer to `nerepro sweep --workers-per-device K --max-pack P`. The decision (`plan_sweep`) reads
-the cost model (`cost.estimated_steps`, `cost.flop_per_sample`) and what the last lease measured on
-an H100 (`H100` below; results/performance.md, results/gpu/h100-2026-11-28/):
-
-- A step takes max(host, device) time: the host launches the same kernels whatever B (F1: 2.9-4.5 ms a step),
-  the device needs the step's FLOP at its sustained rate, or at least the time its small kernels occupy it.
-- Workers time-share one GPU. A pack that needs more than half of the device's time alone (compute-bound: an
-  F1 pack of 10 at B = 2000 with NE is 0.42 TFLOP a step, about 8.5 ms of arithmetic against 7.2 ms of
-  launches) gains nothing from a second worker beside it, and with several of them every pack finishes late,
-  none inside the lease. So the workers are floor(1 / share) of the most demanding pack: 1 as soon as one
-  pack needs over half of the device, several for launch-bound ones (single runs, small B), never more than
-  the packs nor where the last lease measured no further gain.
-- The pack size is the one (of max_pack .. 1) with which the most of these runs finish within the time (ties:
-  the earlier end, then the larger pack), simulated pack by pack in the sweep's order and by the sweep's own
-  rule for starting a pack (`sweep.Schedule`: before any speed is known, while a quarter of the time is
-  left; then only if `cost.Throughput`'s estimate fits), with steps STEPS_MARGIN times the cost model's.
+0. The data: Fashion-MNIST in $NEREPRO_DATA, else in the checkout's .data/, else in the default directory,
+   exported for every step. Without it the session stops at once, its summary's first line naming what is
+   missing and the carry/export that fixes it: every run would only write an error record.
+1. The results directory: a fresh one that starts from a copy of --results-from (the checkout's results/f1
+   by default: the sweep skips what it holds, and results.tar.gz brings it back with the new records), or
+   --results, extended in place.
+2. Side by side: the environment probe, the sweep's plan (`lease_plan.plan_lease`, in this process) and the
+   gate: the float64 CUDA test of packs against runs alone and one short fp32 check (GATE_TESTS), under a
+   limit counted from its interpreter's start; packs are used only if it passed (`gate_decision`).
+3. The sweep: the rows first (lease_plan.ROWS: Table 2's and Table 3's F1 rows under the default reading,
+   then Table 2's under the step reading), then the rest by priority; only the runs the plan expects to
+   finish (`nerepro sweep --runs`), under a --time-limit of what the rows need. The sweep itself starts a
+   pack only if its bound fits the time left, and never one of unknown time after a pack did not fit.
+4. Benchmarks, where a user's GPU-hours go (BENCHMARKS: C1 at B = 5000 compiled and eager, C1 at B = 100
+   eager and with CUDA graphs, C2), each under its cap, in what the sweep left.
+5. The other GPU tests and the smoke (scripts/gpu_smoke.py), in what is left.
+6. The hand-back.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
 import sys
-from collections import Counter
-from dataclasses import dataclass, field, replace
+import tarfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig
-from .cost import Throughput, estimated_steps, flop_per_sample, n_train
-from .sweep import form_packs, pause_margin, sweep_order
+REPO = Path(__file__).resolve().parent.parent
+LIMIT_BYTES = 15 * 2 ** 20  # the most a handed-back file may have (16 MiB never come back)
+HANDBACK_S = 10.0           # kept for the hand-back at the end of the budget
+SWEEP_START_S = 12.0        # the sweep's interpreter and torch, before its --time-limit counts
+SESSION_START_S = 15.0      # the session's own interpreter, torch, the data check and the copy of results/f1
+# The gate: float64 packs against runs alone on CUDA (decisive), and fp32's first steps (one short check)
+GATE_TESTS = ("test_cuda_pack_is_its_runs_alone_in_float64 or "
+              "(test_cuda_pack_first_steps_in_each_precision and fp32)")
+GATE_S = 45.0
+# (name, cap in seconds, `nerepro bench` arguments): most needed first. C1 is 75% of the paper's training
+# FLOP, almost all of it at large B; CUDA graphs decide C1's small-B runs, which launches bound.
+BENCHMARKS = (
+    ("c1-b5000-fp32-compiled", 120, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 --compile default"),
+    ("c1-b5000-bf16-compiled", 120, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 --compile default "
+                                    "--precision bf16"),
+    ("c1-b5000-fp32-eager", 60, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 2 --compile off"),
+    ("c1-b5000-bf16-eager", 60, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 2 --compile off "
+                                "--precision bf16"),
+    ("c1-b100-eager", 45, "--network C1 --batch-size 100 --alpha 1 --steps 200 --warmup 20 --compile off"),
+    ("c1-b100-graphs", 120, "--network C1 --batch-size 100 --alpha 1 --steps 200 --warmup 30 "
+                            "--compile reduce-overhead"),
+    ("c2-b600-compiled", 120, "--network C2 --batch-size 600 --alpha 1 --steps 50 --warmup 5 --compile default"),
+    ("c2-b5000-compiled", 120, "--network C2 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 --compile default"),
+    ("f1-b2000-pack10", 45, "--network F1 --batch-size 2000 --alpha 1.5 --steps 100 --warmup 10 --pack 10"),
+)
+REHEARSAL_BENCHMARKS = (("f1-b100-pack2", 30, "--network F1 --batch-size 100 --alpha 1.5 --steps 5 --warmup 1 "
+                                              "--pack 2"),)
 
-# Runs take up to this many times the cost model's steps: the NE row of Table 2 under the Keras reading took
-# 10,485 steps on the CPU (seed 1) against the estimate 7,335 (1.43x); alpha = 1 at B = 900 took 10,251-10,988
-# against 10,934.
-STEPS_MARGIN = 1.4
+
+# ---- decisions (each tested on the CPU) ---------------------------------------------------------------------
+
+def find_data(env: dict, checkout: Path = REPO) -> tuple[Path, list[Path]]:
+    """The data directory a session uses, and where it looked: $NEREPRO_DATA where set, else the checkout's
+    .data/ where it holds Fashion-MNIST, else the default (~/.cache/nerepro/data)."""
+    from .data import DEFAULT_DATA_DIR
+
+    if env.get("NEREPRO_DATA"):
+        return Path(env["NEREPRO_DATA"]).expanduser(), [Path(env["NEREPRO_DATA"]).expanduser()]
+    looked = [checkout / ".data", DEFAULT_DATA_DIR]
+    for place in looked:
+        if (place / "FashionMNIST").is_dir():
+            return place, looked
+    return looked[0], looked
 
 
-@dataclass(frozen=True)
-class DeviceModel:
-    """What one device does with F1 steps, from measurements (units: seconds, TFLOP/s)."""
+def missing_data_line(problem: str, looked: list[Path], env: dict) -> str:
+    """The summary's first line when Fashion-MNIST is not there: what is missing and the fix."""
+    if env.get("NEREPRO_DATA"):
+        fix = (f"point NEREPRO_DATA at a directory that holds FashionMNIST/raw/, or unset it and carry the "
+               "checkout's .data/ (`mkdir -p .data && cp -r ../shared/data/FashionMNIST .data/`, `.data` in the "
+               "call's carry)")
+    else:
+        fix = ("copy it into the checkout (`mkdir -p .data && cp -r ../shared/data/FashionMNIST .data/`), name "
+               "`.data` in the call's carry and run again (the session finds .data/ itself; or export "
+               "NEREPRO_DATA=<a copy>)")
+    where = f"NEREPRO_DATA={env['NEREPRO_DATA']}" if env.get("NEREPRO_DATA") else " and ".join(map(str, looked))
+    return f"**Nothing ran: Fashion-MNIST is missing** (looked in {where}: {problem.split(': run')[0]}). Fix: {fix}."
+
+
+def gate_decision(rc: int | None, output: str) -> tuple[bool, str]:
+    """Whether packs are used after the gate, and why: only if pytest exited 0 with at least one test passed
+    and none skipped, failed or in error (fail closed: a timeout, a collection error, no test, no pytest)."""
+    if rc is None:
+        return False, "the gate did not finish in its limit"
+    last = next((line for line in reversed(output.splitlines()) if re.search(r" in [0-9.]+s", line)), "")
+    passed = re.search(r"(^|[ ,=])(\d+) passed", last)
+    if rc != 0:
+        said = last or next((line for line in reversed(output.splitlines()) if line.strip()), "")
+        return False, f"the gate failed (exit {rc}{': ' + said.strip('= ') if said else ''})"
+    if not passed or re.search(r"skipped|failed|error|xfail|xpass|no tests", last):
+        return False, f"the gate did not pass cleanly ({last.strip('= ') or 'no summary line'})"
+    return True, f"the gate passed ({last.strip('= ')})"
+
+
+def sweep_seconds(budget: float, elapsed: float, gate_s: float) -> float:
+    """The most time a sweep can have: the budget less what came before it, the gate at its limit, the sweep's
+    start and the hand-back."""
+    return budget - elapsed - gate_s - SWEEP_START_S - HANDBACK_S - 5.0
+
+
+# ---- steps --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
     name: str
-    tflops: float      # sustained training TFLOP/s of a step whose arithmetic fills the device
-    launch_s: float    # host time of one run's step (kernel launches, Python), whatever B
-    busy_s: float      # device time of one run's launch-bound step (its small kernels); workers share it
-    pack_ops: float    # a pack's step over one run's, in operations launched (scripts/count_ops.py)
-    max_workers: int   # workers beyond this added no throughput
-    start_s: float     # from the sweep's start (torch imported) to its first step: device context, data on it
-    spawn_s: float     # more for several workers: each is a new interpreter that imports torch
-
-
-# One H100 80GB of the 2026-11-28 lease (results/performance.md): fp32 matmul 51.6 TFLOP/s measured (F1's pack
-# matmuls are as large; a pack step's rate is what the session's bench-f1-b2000-pack10 measures); an F1 step
-# 2.9 ms (B = 100) to 4.5 ms (B = 5000, NE) whatever B (scripts/profile_step.py); 6 workers of NE B = 2000 runs
-# saturated the GPU at about 480 steps/s together, 2.1 ms of it per run-step, and 8 workers added nothing; a
-# pack of 10 launches 276 operations a step against 176 for one run; Python and torch started in about 10 s.
-H100 = DeviceModel("H100 (measured 2026-11-28)", tflops=50.0, launch_s=4.5e-3, busy_s=2.1e-3, pack_ops=1.6,
-                   max_workers=6, start_s=8.0, spawn_s=10.0)
-# The 2-core AMD EPYC test machine (2026-11-27): F1 at B = 1000 with NE 0.107 TFLOP/s on 2 threads; F1 at
-# B = 100, 21 ms a step of which 11 ms besides the arithmetic. The same cores launch and compute, so a run
-# alone needs the whole device.
-CPU = DeviceModel("2-core CPU (measured 2026-11-27)", tflops=0.1, launch_s=10e-3, busy_s=10e-3, pack_ops=1.6,
-                  max_workers=1, start_s=5.0, spawn_s=8.0)
-
-
-@dataclass(frozen=True)
-class Plan:
-    workers: int       # --workers-per-device
-    max_pack: int      # --max-pack (1: no packs)
-    reason: str        # one line for the session's summary
-    expected: int = 0  # runs planned for that are expected to finish in the time
-    runs: int = 0      # runs planned for
+    status: str
+    seconds: float | None = None
+    at: float | None = None
+    rc: int | None = None
+    output: str = ""
 
 
 @dataclass
-class Outcome:
-    done: int = 0                                   # runs that finish inside the window
-    end: float = 0.0                                # when the last of them finishes (s into the window)
-    late: list = field(default_factory=list)        # packs started that would not finish (paused at the limit)
-    not_started: list = field(default_factory=list)  # packs the sweep would not start
+class Session:
+    out: Path
+    budget: float
+    started: float
+    device: str
+    work: Path
+    env: dict
+    python: str = sys.executable
+    steps: list = field(default_factory=list)
+    head: list = field(default_factory=list)      # the summary's first lines
+    sections: list = field(default_factory=list)  # (title, text) after the table
+    children: list = field(default_factory=list)  # background processes, stopped at the end whatever happens
+
+    @property
+    def logs(self) -> Path:
+        return self.work / "logs"
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def left(self) -> float:
+        """Seconds before the hand-back must begin."""
+        return self.started + self.budget - HANDBACK_S - time.time()
+
+    def row(self, name: str, status: str, **kw) -> Step:
+        step = Step(name, status, **kw)
+        self.steps.append(step)
+        self.write_summary()
+        return step
+
+    def run(self, name: str, cmd: list[str], limit: float, note: str = "") -> Step:
+        """CMD under a timeout of at most `limit` seconds and the time left (its process group killed at the
+        limit), logged to logs/NAME.log; a row of the summary."""
+        limit = min(limit, self.left() - 3)
+        if limit < 3:
+            return self.row(name, "skipped: no time left")
+        t0, log = time.time(), self.logs / f"{name}.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
+                                    start_new_session=True)
+            try:
+                rc = proc.wait(timeout=limit)
+                status = f"exit {rc}"
+            except subprocess.TimeoutExpired:
+                stop(proc)
+                rc, status = None, f"stopped at its {limit:.0f} s limit"
+        output = log.read_text(errors="replace")
+        return self.row(name, status + (f"; {note}" if note else ""), seconds=time.time() - t0, at=t0 - self.started,
+                        rc=rc, output=output)
+
+    def write_summary(self) -> None:
+        lines = [*self.head, "", "| step | status | time |", "|---|---|---|"]
+        for s in self.steps:
+            when = f"{s.seconds:.0f} s, from +{s.at:.0f} s" if s.seconds is not None else ""
+            lines.append(f"| {s.name} | {s.status} | {when} |")
+        for title, text in self.sections:
+            lines += ["", f"## {title}", "", text]
+        (self.out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def step_time(unit: list[RunConfig], device: DeviceModel) -> tuple[float, float, float]:
-    """(step, host, arithmetic) seconds of one step of runs trained together (one run: a pack of one)."""
-    packed = device.pack_ops if len(unit) > 1 else 1.0
-    flop = sum(c.samples_per_step(n_train(c)) * flop_per_sample(c.network) for c in unit)
-    host, arithmetic = device.launch_s * packed, flop / (device.tflops * 1e12)
-    return max(host, arithmetic, device.busy_s * packed), host, arithmetic
+def session_head(args, device: str, commit: str) -> list[str]:
+    return ["# GPU session: nerepro", "", f"Budget {args.seconds:.0f} s; device {device}; config "
+            f"{' '.join(map(str, args.configs))}; {args.seeds} seeds; results "
+            f"{args.results or 'in a fresh directory'}"
+            f"{', starting from a copy of ' + str(args.results_from) if args.results_from else ''}; packs {args.pack}; "
+            f"started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(args.started))}; commit {commit}."]
 
 
-def device_share(unit: list[RunConfig], device: DeviceModel) -> float:
-    """The share of the device's time a pack keeps busy when it runs alone."""
-    step, _, arithmetic = step_time(unit, device)
-    return max(arithmetic, device.busy_s * (device.pack_ops if len(unit) > 1 else 1.0)) / step
+def commit_of(env: dict) -> str:
+    if env.get("NEREPRO_GIT_COMMIT"):
+        return env["NEREPRO_GIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
 
 
-def training_window(seconds: float, workers: int, device: DeviceModel) -> float:
-    """Seconds of a sweep's --time-limit its runs can train: less its start and the pause before the limit."""
-    return seconds - pause_margin(seconds) - device.start_s - (device.spawn_s if workers > 1 else 0.0)
+def probe(python: str, env: dict, path: Path) -> subprocess.Popen:
+    """The environment (env.txt), in the background."""
+    code = ("import sys, torch, torchvision, typer, pandas, matplotlib\n"
+            "cuda = torch.cuda.is_available()\n"
+            "print('python', sys.version.split()[0])\n"
+            "print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', "
+            "torch.backends.cudnn.version() if cuda else None)\n"
+            "print('torchvision', torchvision.__version__, 'typer', typer.__version__, 'pandas', pandas.__version__)\n"
+            "print('device', torch.cuda.get_device_name(0) if cuda else 'cpu')\n")
+    script = (f"date -u +%Y-%m-%dT%H:%M:%SZ; uname -a; timeout 20 nvidia-smi --query-gpu=name,memory.total,"
+              f"driver_version,clocks.max.sm --format=csv 2>&1 || echo 'no nvidia-smi'; "
+              f"timeout 60 {python} -c \"$PROBE\"; echo NEREPRO_DATA=$NEREPRO_DATA")
+    with open(path, "w") as f:
+        return subprocess.Popen(["sh", "-c", script], stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**env, "PROBE": code}, start_new_session=True)
 
 
-def simulate(units: list[list[RunConfig]], workers: int, window: float, device: DeviceModel,
-             margin: float = STEPS_MARGIN) -> Outcome:
-    """Packs taken in order by the first free of `workers` workers that do not slow each other (the plan keeps
-    their shares within the device), each started only where the sweep would start it (`sweep.Schedule`)."""
-    free, finished, out = [0.0] * workers, [], Outcome()
-    for unit in units:
-        start = min(free)
-        throughput = Throughput()
-        for end, records in finished:
-            if end <= start:
-                for r in records:
-                    throughput.add(r)
-        guesses = [throughput.seconds(c) for c in unit]
-        fits = start <= 0.75 * window if None in guesses else start + max(guesses) <= window
-        if not fits:
-            out.not_started.append(unit)
-            continue
-        steps = [math.ceil(estimated_steps(c) * margin) for c in unit]
-        seconds = max(steps) * step_time(unit, device)[0]
-        free[free.index(start)] = min(start + seconds, window)
-        if start + seconds > window:
-            out.late.append(unit)
-            continue
-        out.done, out.end = out.done + len(unit), max(out.end, start + seconds)
-        finished.append((start + seconds, [
-            {"status": "converged", "wall_s": seconds, "network": c.network, "batch_size": c.batch_size,
-             "alpha": c.alpha, "steps": s, "samples_processed": s * c.samples_per_step(n_train(c))}
-            for c, s in zip(unit, steps)]))
-    return out
+# ---- the session ----------------------------------------------------------------------------------------------
+
+def run_session(args) -> int:
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"nerepro-session-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep),
+           "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    device = args.device
+    s = Session(out, args.seconds, args.started, device, work, env, python=args.python)
+    for name in ("logs.tar.gz", "results.tar.gz", "checkpoints.tar.gz", "env.txt", "bench.jsonl", "smoke.jsonl"):
+        (out / name).unlink(missing_ok=True)  # an earlier session's (RESUME has read them by now)
+    s.head = session_head(args, device, commit_of(env))
+    s.write_summary()
+    try:
+        _run(s, args)
+    except Exception as e:  # noqa: BLE001 - whatever broke, the hand-back still comes, saying what broke
+        import traceback
+
+        s.head.insert(0, f"**The session stopped early: {type(e).__name__}: {e}** (traceback below).\n")
+        s.sections.append(("Traceback", f"```\n{traceback.format_exc()}```"))
+    finally:
+        for child in s.children:
+            stop(child)
+        hand_back(s, args)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
-def plan_sweep(runs: list[RunConfig], seconds: float, max_pack: int = 10, priority: dict | None = None,
-               device: DeviceModel = H100, margin: float = STEPS_MARGIN) -> Plan:
-    """Workers and pack size for a sweep of `runs` under `--time-limit seconds` on one device (module doc)."""
-    if not runs:
-        return Plan(1, max_pack, "nothing to plan for: every run is recorded")
-    priority = priority or {}
-    order = sweep_order(runs, priority)
-    best = None
-    for size in range(max_pack, 0, -1):
-        units = form_packs(order, size, priority)
-        share = max(device_share(u, device) for u in units)
-        workers = max(1, min(device.max_workers, len(units), math.floor(1 / share + 1e-9)))
-        window = training_window(seconds, workers, device)
-        outcome = simulate(units, workers, window, device, margin)
-        key = (outcome.done, -outcome.end, size)
-        if best is None or key > best[0]:
-            best = (key, size, workers, share, units, outcome)
-    _, size, workers, share, units, outcome = best
-    return Plan(workers, size, _reason(runs, seconds, workers, size, share, units, outcome, device, margin),
-                outcome.done, len(runs))
+def stop(proc: subprocess.Popen) -> None:
+    """A step's process group killed, waited for at most a few seconds (a process stuck in the driver is left)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
 
 
-def _describe(units: list[list[RunConfig]]) -> str:
-    kinds = Counter((u[0].network, u[0].batch_size, tuple(sorted({c.alpha for c in u})), len(u)) for u in units)
-    return ", ".join(f"{net} B={b} alpha={'/'.join(f'{a:g}' for a in alphas)} x{n}" + (f" ({k} packs)" if k > 1 else "")
-                     for (net, b, alphas, n), k in kinds.items())
+def _run(s: Session, args) -> None:
+    from . import data as datasets
 
+    # 0. the data, before anything else
+    data_dir, looked = find_data(s.env)
+    s.env["NEREPRO_DATA"] = str(data_dir)
+    if problem := datasets.missing("fashion-mnist", data_dir):
+        s.head.insert(0, missing_data_line(problem, looked, s.env) + "\n")
+        s.row("data", f"missing: {problem}")
+        return
+    s.row("data", f"Fashion-MNIST in {data_dir}")
+    s.children.append(probe(s.python, s.env, s.logs / "env.txt"))
 
-def _reason(runs, seconds, workers, size, share, units, outcome, device, margin) -> str:
-    """One line for the session's summary: the packs' step times, the rule that set the workers, the outcome."""
-    window, pause = training_window(seconds, workers, device), pause_margin(seconds)
-    kinds = {}
-    for u in units:
-        step, host, arithmetic = step_time(u, device)
-        bound = "compute-bound" if arithmetic >= host else "launch-bound"
-        kinds.setdefault((u[0].network, u[0].batch_size, u[0].alpha != 1, len(u)), (
-            f"{_describe([u])}: {1e3 * step:.1f} ms a step ({1e3 * arithmetic:.1f} ms of arithmetic, {1e3 * host:.1f} "
-            f"ms of launches: {bound}, {100 * device_share(u, device):.0f}% of the device), "
-            f"{math.ceil(estimated_steps(u[0]) * margin) * step:.0f} s alone"))
-    if device.max_workers == 1:
-        rule = "One worker: on this device a run needs all of it"
-    elif share > 0.5:
-        rule = (f"One worker: a pack needs {100 * share:.0f}% of the device, and such packs never share it "
-                "(time-sharing adds no arithmetic and makes every pack finish late)")
-    elif workers == len(units) and workers < math.floor(1 / share + 1e-9):
-        rule = f"{workers} worker{'s' if workers > 1 else ''}: one per pack"
+    # 1. the results directory
+    results = args.results.resolve() if args.results else s.work / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (s.work / "started").touch()  # records newer than this are this session's
+    if args.results_from and args.results_from.resolve() != results:
+        copied = copy_results(args.results_from, results)
+        s.row("results-from", f"{copied} records of {args.results_from}")
+    for archive in args.resume:
+        unpack(archive, results, s.work)
+        s.row(f"resume-{archive.name}", "unpacked")
+    s.results = results
+
+    # 2. the gate in the background, the plan here
+    gate = None
+    if args.pack in ("on", "off"):
+        packs, why = args.pack == "on", f"PACK={args.pack}: no gate"
+    elif s.device == "cpu":
+        packs, why = False, "no CUDA device (rehearsal)"
+    elif "gate" not in args.stages:
+        packs, why = False, "the gate was not asked for (STAGES)"
     else:
-        rule = (f"{workers} workers: the most demanding pack keeps the device busy {100 * share:.0f}% of a step, so "
-                f"{workers} run side by side without slowing each other")
-    sizes = f"packs of up to {size}" if size > 1 else "runs alone"
-    text = (f"{len(runs)} runs planned for on {device.name}: {window:.0f} s to train of the sweep's {seconds:.0f} s "
-            f"(start {seconds - pause - window:.0f} s, pause {pause:.0f} s), steps {margin:g}x the cost model's; "
-            f"{sizes}: {'; '.join(kinds.values())}. {rule}. {sizes[0].upper()}{sizes[1:]} finish the most of them: "
-            f"{outcome.done} of {len(runs)}" + (f", the last at {outcome.end:.0f} s" if outcome.done else ""))
-    if outcome.late:
-        text += f"; started but not finishing: {_describe(outcome.late)}"
-    if outcome.not_started:
-        text += f"; not started (the sweep's estimate does not fit the time left): {_describe(outcome.not_started)}"
-    return text + "."
+        with open(s.logs / "gate.log", "w") as log:
+            gate = subprocess.Popen([s.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-k",
+                                     GATE_TESTS, "tests/test_fastpath.py"], cwd=REPO, env=s.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        s.children.append(gate)
+        gate_t0 = time.time()
+    plans = plan_both(args, results) if "sweep" in args.stages else None
+    if gate is not None:
+        try:
+            rc = gate.wait(timeout=max(1.0, args.gate_s - (time.time() - gate_t0)))
+        except subprocess.TimeoutExpired:
+            stop(gate)
+            rc = None
+        output = (s.logs / "gate.log").read_text(errors="replace")
+        packs, why = gate_decision(rc, output)
+        took = time.time() - gate_t0
+        s.row("gate", f"{why} in {took:.0f} s with its interpreter's start; packs {'on' if packs else 'off'}",
+              seconds=took, at=gate_t0 - s.started, rc=rc)
+    else:
+        s.row("gate", f"not run: {why}; packs {'on' if packs else 'off'}")
+
+    # 3. the sweep: the rows first
+    if plans is not None:
+        plan = plans["on" if packs else "off"]
+        sweep(s, args, plan, packs, results)
+    else:
+        s.row("sweep", "not asked for (STAGES)")
+
+    # 4. benchmarks, one at a time on the idle device
+    if "bench" in args.stages:
+        for name, cap, flags in (REHEARSAL_BENCHMARKS if s.device == "cpu" else BENCHMARKS):
+            step = s.run(f"bench-{name}", [s.python, "-m", "nerepro", "bench", "--device", s.device, "--json",
+                                           *flags.split()], cap)
+            with open(s.work / "bench.jsonl", "a") as f:
+                f.writelines(line + "\n" for line in step.output.splitlines() if line.startswith("{"))
+    else:
+        s.row("bench", "not asked for (STAGES)")
+
+    # 5. the other GPU tests and the smoke
+    if "tests" not in args.stages:
+        s.row("tests", "not asked for (STAGES)")
+    elif s.device == "cpu":  # a CPU trains C1/C2 too slowly for a rehearsal: F1 here
+        s.row("pytest-gpu", "skipped: no CUDA device (rehearsal)")
+        s.run("smoke", [s.python, "scripts/gpu_smoke.py", "--device", "cpu", "--steps", "3", "--networks", "F1"], 60)
+    else:
+        s.run("pytest-gpu", [s.python, "-m", "pytest", "-q", "-rf", "--tb=short", "-p", "no:cacheprovider", "-m",
+                             "gpu", "-k", f"not ({GATE_TESTS})", "tests"], 120)
+        s.run("smoke", [s.python, "scripts/gpu_smoke.py", "--device", s.device, "--steps", "10"], 90)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        s.children[0].wait(timeout=max(1.0, min(30.0, s.left())))
 
 
-def planned_runs(configs: list[Path], seeds: int | None, networks: list[str] | None, results: Path | None,
-                 max_priority: int) -> tuple[list[RunConfig], dict]:
-    """The runs not yet recorded in `results` of priority <= max_priority (none left: those of the lowest priority
-    still to do), and every run's priority."""
-    from .grid import load_plan
-    from .results import ResultsDir
+def plan_both(args, results: Path) -> dict:
+    """The lease plan with packs and without, for the time the sweep can have."""
+    from .lease_plan import CPU, H100, plan_lease, planned_runs
 
-    plan = load_plan(configs, seeds)
-    priority = {c.run_id: p for p, c in plan}
-    store = ResultsDir(results) if results else None
-    done = store.done() if store and store.runs.is_dir() else set()
-    pending = [(p, c) for p, c in plan if c.run_id not in done and (not networks or c.network in networks)]
-    if not pending:
-        return [], priority
-    cut = max_priority if any(p <= max_priority for p, _ in pending) else min(p for p, _ in pending)
-    return [c for p, c in pending if p <= cut], priority
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .errors import ConfigError
-
-    parser = argparse.ArgumentParser(prog="python -m nerepro.session", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan", help="Print, tab-separated, 'on|off WORKERS MAX_PACK REASON': the plan with packs "
-                                    "and without (max pack 1).")
-    p.add_argument("configs", nargs="+", type=Path, help="Config files of the sweep.")
-    p.add_argument("--seconds", type=float, required=True, help="The sweep's --time-limit in seconds.")
-    p.add_argument("--seeds", type=int, default=None, help="The sweep's --seeds.")
-    p.add_argument("--network", action="append", default=None, help="The sweep's --network (repeatable).")
-    p.add_argument("--results", type=Path, default=None, help="Results directory: recorded runs are not planned.")
-    p.add_argument("--device", default="cuda", help="cuda (the H100 model) or cpu.")
-    p.add_argument("--max-priority", type=int, default=2, help="Plan for the runs of priority <= this (headline).")
-    p.add_argument("--max-pack", type=int, default=10, help="The largest pack.")
-    p.add_argument("--tflops", type=float, default=None, help="Override the device's sustained TFLOP/s.")
-    p.add_argument("--launch-ms", type=float, default=None, help="Override the host time of one run's step (ms).")
-    args = parser.parse_args(argv)
     device = CPU if args.device == "cpu" else H100
     if args.tflops:
-        device = replace(device, tflops=args.tflops)
-    if args.launch_ms:
-        device = replace(device, launch_s=args.launch_ms / 1e3)
+        device = dataclasses.replace(device, tflops=args.tflops)
+    runs, priority = planned_runs(args.configs, args.seeds, ["F1"], results)
+    seconds = sweep_seconds(args.seconds, time.time() - args.started, args.gate_s if args.device != "cpu" else 0.0)
+    off = plan_lease(runs, seconds, 1, priority, device)
+    return {"on": plan_lease(runs, seconds, args.max_pack, priority, device) if args.device != "cpu" else off,
+            "off": off}
+
+
+def sweep(s: Session, args, plan, packs: bool, results: Path) -> None:
+    from .lease_plan import ROWS
+
+    planned = [c.run_id for c in plan.order if c.run_id in plan.finishing]
+    s.sections.append(("Sweep plan", plan_text(plan, packs)))
+    (s.work / "runs.txt").write_text("".join(f"{r} {plan.bounds[r]:.1f}\n" for r in planned))
+    if not planned:
+        s.row("sweep", "skipped: " + ("every run is recorded" if not plan.order else "no run fits the time left"))
+    else:
+        limit = min(plan.seconds, s.left() - SWEEP_START_S - 8)
+        workers = args.workers or plan.workers
+        mode = "on" if packs and plan.max_pack > 1 else "off"
+        note = f"{len(planned)} runs planned, {workers} worker{'s' if workers > 1 else ''}, packs " + \
+            (f"of up to {plan.max_pack}" if mode == "on" else "off")
+        s.run("sweep", [s.python, "-m", "nerepro", "sweep", *map(str, args.configs), "--results", str(results),
+                        "--seeds", str(args.seeds), "--network", "F1", "--device", s.device,
+                        "--workers-per-device", str(workers), "--pack", mode, "--max-pack", str(plan.max_pack),
+                        "--checkpoint-every", "1000000000", "--runs", str(s.work / "runs.txt"),
+                        *(["--threads", "1"] if s.device == "cpu" else []),  # a rehearsal beside other work
+                        "--time-limit", f"{max(1.0, limit):.0f}"], limit + SWEEP_START_S + 5, note)
+    ended = s.steps[-1] if s.steps and s.steps[-1].name == "sweep" else None
+    s.head[1:1] = ["", *rows_lines(results, args, ROWS, plan, ended, packs)]
+    s.write_summary()
+
+
+def plan_text(plan, packs: bool) -> str:
+    rows = "\n".join(f"- {r.label}: {r.done} of {r.todo} to do planned to finish"
+                     + (f", the last at {r.end:.0f} s" if r.end is not None else "") for r in plan.rows)
+    return (f"Workers {plan.workers}, packs of up to {plan.max_pack} (packs {'on' if packs else 'off'}), "
+            f"--time-limit {plan.seconds:.0f} s. {plan.reason}\n\n{rows}")
+
+
+def rows_lines(results: Path, args, rows, plan, ended: Step | None = None, packs: bool = True) -> list[str]:
+    """The summary's first lines: each row of ROWS finished (all its seeds recorded) or not, and why: error
+    records, the sweep's own end (a failure, its limit), the plan (without packs where the gate turned them
+    off), or slower than planned."""
+    from .grid import load_plan
+    from .lease_plan import row_of
+    from .results import ResultsDir
+
+    store = ResultsDir(results)
+    records = {}
+    for path in store.runs.glob("*.json") if store.runs.is_dir() else []:
+        try:
+            records[path.stem] = json.loads(path.read_text()).get("status")
+        except (OSError, ValueError):
+            continue
+    runs = [c for _, c in load_plan(args.configs, args.seeds)]
+    planned = {r.label: r for r in plan.rows}
+    finished, not_finished = [], []
+    for i, (label, *_) in enumerate(rows):
+        ids = [c.run_id for c in runs if row_of(c) == i]
+        if not ids:
+            continue
+        done = sum(records.get(r) in ("converged", "not_converged", "diverged") for r in ids)
+        if done == len(ids):
+            finished.append(f"{label} ({done} of {len(ids)})")
+            continue
+        errors = sum(records.get(r) == "error" for r in ids)
+        p = planned.get(label)
+        why = (f"{errors} error records" if errors else
+               f"the sweep {ended.status}" if ended is not None and ended.rc != 0 else
+               ("the plan did not fit it in the time" + ("" if packs else " without packs (the gate turned them off)"))
+               if p and p.done < p.todo else
+               "no sweep ran" if ended is None else
+               "slower than planned (its runs were planned to finish)")
+        not_finished.append(f"{label} ({done} of {len(ids)}: {why})")
+    lines = [f"**Rows finished:** {'; '.join(finished) or 'none'}."]
+    if not_finished:
+        lines.append(f"**Not finished:** {'; '.join(not_finished)}.")
+    return lines
+
+
+def copy_results(source: Path, results: Path) -> int:
+    """A results directory's records, traces, sweep log and report into `results` (not its checkpoints, which
+    belong to its own machine's runs, nor its locks); files already there are kept."""
+    n = 0
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if not path.is_file() or rel.parts[0] in ("checkpoints", ".locks"):
+            continue
+        target = results / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            n += rel.parts[0] == "runs" and path.suffix == ".json"
+    return n
+
+
+def unpack(archive: Path, results: Path, work: Path) -> None:
+    """An earlier session's results.tar.gz or checkpoints.tar.gz into the results directory (files there kept)."""
+    into = work / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    if (into / "results").is_dir():
+        copy_all(into / "results", results)
+
+
+def copy_all(source: Path, target: Path) -> None:
+    for path in source.rglob("*"):
+        if path.is_file() and not (target / path.relative_to(source)).exists():
+            (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / path.relative_to(source))
+
+
+# ---- the hand-back ----------------------------------------------------------------------------------------
+
+def archive(out: Path, name: str, files: list[tuple[Path, str]], notes: list[str]) -> bool:
+    """OUTDIR/NAME of (path, name in the archive), unless it would be over 15 MiB (then nothing, a note)."""
+    path = out / name
+    with tarfile.open(path, "w:gz") as tar:
+        for source, arcname in files:
+            tar.add(source, arcname=arcname, recursive=False)
+    if path.stat().st_size > LIMIT_BYTES:
+        notes.append(f"- {name} would have been {path.stat().st_size // 2 ** 20} MiB, over the 15 MiB a file may have")
+        path.unlink()
+        return False
+    return True
+
+
+def hand_back(s: Session, args) -> None:
+    """Into OUTDIR, the logs first: logs.tar.gz, results.tar.gz, checkpoints.tar.gz (only where it fits),
+    env.txt, bench.jsonl, smoke.jsonl; summary.md last, with the hand-back's notes."""
+    notes: list[str] = []
+    s.write_summary()
+    shutil.copy(s.out / "summary.md", s.logs / "summary.md")
+    logs = [(p, f"logs/{p.name}") for p in sorted(s.logs.iterdir()) if p.is_file()]
+    if not archive(s.out, "logs.tar.gz", logs, notes):
+        for p, _ in logs:  # logs over 1 MiB cut to their last MiB
+            if p.stat().st_size > 2 ** 20:
+                p.write_bytes(p.read_bytes()[-2 ** 20:])
+        if archive(s.out, "logs.tar.gz", logs, notes):
+            notes.append("- logs.tar.gz: logs over 1 MiB cut to their last MiB")
+    results = getattr(s, "results", None)
+    if results is not None and results.is_dir():
+        everything = [(p, "results/" + str(p.relative_to(results))) for p in sorted(results.rglob("*"))
+                      if p.is_file() and p.relative_to(results).parts[0] not in ("checkpoints", ".locks")]
+        if not archive(s.out, "results.tar.gz", everything, notes):
+            since = (s.work / "started").stat().st_mtime
+            new = [(p, a) for p, a in everything if p.stat().st_mtime >= since or p.name == "sweep.log"]
+            if archive(s.out, "results.tar.gz", new, notes):
+                notes.append("- results.tar.gz holds only this session's records and the sweep log")
+        paused = sorted((results / "checkpoints").glob("*.pt")) if (results / "checkpoints").is_dir() else []
+        if paused and args.results:
+            notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints stay in {results}/checkpoints")
+        elif paused:
+            size = sum(p.stat().st_size for p in paused)
+            if size < LIMIT_BYTES and archive(s.out, "checkpoints.tar.gz",
+                                                  [(p, f"results/checkpoints/{p.name}") for p in paused], notes):
+                notes.append(f"- runs paused at the limit: {len(paused)}, in checkpoints.tar.gz (RESUME continues them)")
+            else:
+                notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints ({size // 2 ** 20} MiB) "
+                             "are not handed back, over the 15 MiB a file may have")
+    for name in ("env.txt",):
+        if (s.logs / name).is_file():
+            shutil.copy(s.logs / name, s.out / name)
+    if (s.work / "bench.jsonl").is_file() and (s.work / "bench.jsonl").stat().st_size:
+        shutil.copy(s.work / "bench.jsonl", s.out / "bench.jsonl")
+    smoke = [line for line in (s.logs / "smoke.log").read_text(errors="replace").splitlines() if line.startswith("{")] \
+        if (s.logs / "smoke.log").is_file() else []
+    if smoke:
+        (s.out / "smoke.jsonl").write_text("\n".join(smoke) + "\n")
+    files = [f"- {p.name}: {p.stat().st_size} bytes" for p in sorted(s.out.iterdir()) if p.name != "summary.md"]
+    tails = []
+    for name in ("sweep.log", "gate.log", "pytest-gpu.log", "smoke.log"):
+        if (s.logs / name).is_file() and (s.logs / name).stat().st_size:
+            tail = "\n".join((s.logs / name).read_text(errors="replace").splitlines()[-15:])
+            tails.append(f"### {name} (last lines)\n```\n{tail}\n```")
+    s.sections.append(("Hand-back", "\n".join([f"Finished after {s.elapsed():.0f} s of a {s.budget:.0f} s budget.",
+                                               "", *notes, *files, "", *tails])))
+    s.write_summary()
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nerepro.session", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "plan"):
+        p = sub.add_parser(name)
+        if name == "run":
+            p.add_argument("out", type=Path, help="Where the hand-back goes (at most 8 files).")
+        else:
+            p.add_argument("configs", nargs="+", type=Path, help="Config files of the sweep.")
+        p.add_argument("--seconds", type=float, required=True, help="The lease's budget in seconds.")
+        p.add_argument("--seeds", type=int, default=10, help="The sweep's seeds (10).")
+        p.add_argument("--device", default="cuda", help="cuda, or cpu to rehearse.")
+        p.add_argument("--results", type=Path, default=None,
+                       help="A results directory extended in place (default: a fresh one).")
+        p.add_argument("--results-from", default=None,
+                       help="A results directory whose records the sweep skips and the hand-back brings back "
+                            "(default: the checkout's results/f1; 'none': none).")
+        p.add_argument("--max-pack", type=int, default=10, help="The largest pack (10).")
+        p.add_argument("--tflops", type=float, default=None, help="A pack's sustained TFLOP/s (the H100 model's 40).")
+        p.add_argument("--gate-s", type=float, default=GATE_S, help=f"The gate's limit ({GATE_S:g} s).")
+    run = sub.choices["run"]
+    run.add_argument("--config", dest="configs", action="append", type=Path, default=None,
+                     help="A config file of the sweep (repeatable; configs/f1.toml).")
+    run.add_argument("--stages", default="gate sweep bench tests", help="Which of gate sweep bench tests run.")
+    run.add_argument("--pack", default="auto", choices=("auto", "on", "off"), help="auto: the gate decides.")
+    run.add_argument("--workers", type=int, default=None, help="Override the plan's workers.")
+    run.add_argument("--resume", type=Path, action="append", default=[], help="An earlier session's archive.")
+    run.add_argument("--python", default=sys.executable, help="The interpreter of every step.")
+    run.add_argument("--started", type=float, default=None, help="When the budget began (epoch seconds).")
+    args = parser.parse_args(argv)
+    if args.seconds < 30:
+        print(f"error: --seconds must be at least 30, got {args.seconds:g}", file=sys.stderr)
+        return 2
+    if args.results_from is None:  # the committed F1 records, where the checkout has them
+        args.results_from = REPO / "results" / "f1" if (REPO / "results" / "f1" / "runs").is_dir() else None
+    elif args.results_from in ("", "none"):
+        args.results_from = None
+    elif not Path(args.results_from).is_dir():
+        print(f"error: --results-from {args.results_from} is not a directory: give a results directory, or none",
+              file=sys.stderr)
+        return 2
+    else:
+        args.results_from = Path(args.results_from).resolve()
+    if args.command == "plan":
+        return print_plan(args)
+    args.configs = args.configs or [REPO / "configs" / "f1.toml"]
+    args.started = args.started or time.time()
+    args.stages = args.stages.split()
+    return run_session(args)
+
+
+def print_plan(args) -> int:
+    """The rows a lease of --seconds finishes at the planned pack rate and at the pessimistic one."""
+    from .errors import ConfigError
+    from .lease_plan import CPU, H100, PESSIMISTIC_TFLOPS, plan_lease, planned_runs
+
+    device = CPU if args.device == "cpu" else H100
+    if args.tflops:
+        device = dataclasses.replace(device, tflops=args.tflops)
     try:
-        runs, priority = planned_runs(args.configs, args.seeds, args.network, args.results, args.max_priority)
-        for packs, max_pack in (("on", args.max_pack), ("off", 1)):
-            plan = plan_sweep(runs, args.seconds, max_pack, priority, device)
-            print(f"{packs}\t{plan.workers}\t{plan.max_pack}\t{plan.reason}")
+        results = args.results or args.results_from
+        runs, priority = planned_runs(args.configs, args.seeds, ["F1"], results)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    gate_s = args.gate_s if args.device != "cpu" else 0.0
+    seconds = sweep_seconds(args.seconds, SESSION_START_S, gate_s)
+    rates = [device] if args.device == "cpu" else [device, dataclasses.replace(device, tflops=PESSIMISTIC_TFLOPS)]
+    print(f"A lease of {args.seconds:.0f} s: the sweep can have {seconds:.0f} s (after the session's start, the gate "
+          f"at its {gate_s:.0f} s and the sweep's start; {HANDBACK_S:.0f} s kept for the hand-back). "
+          f"{len(runs)} runs not recorded{' in ' + str(results) if results else ''}.")
+    for d in rates:
+        plan = plan_lease(runs, seconds, args.max_pack if args.device != "cpu" else 1, priority, d)
+        print(f"\nAt {d.tflops:g} TFLOP/s for packs ({d.name}): workers {plan.workers}, packs of up to "
+              f"{plan.max_pack}; the sweep's --time-limit {plan.seconds:.0f} s, about "
+              f"{seconds - plan.seconds:.0f} s left for the benchmarks.")
+        for r in plan.rows:
+            state = "finishes" if r.done == r.todo else f"does not finish ({r.done} of {r.todo})"
+            print(f"  {r.label}: {r.todo} runs, {state}" + (f", the last at {r.end:.0f} s" if r.end else ""))
     return 0
 
 

@@ -17,7 +17,8 @@ import torch
 
 from . import data as datasets
 from .config import RunConfig
-from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples
+from .cost import (STEPS_MARGIN, Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples,
+                   estimated_steps)
 from .errors import ConfigError, ResultsError
 from .faults import (CUDA_EXIT, CUDA_RETRIES, BrokenContext, cuda_failures, log_events, log_size,
                      sticky_cuda_error)
@@ -269,26 +270,49 @@ def summarize(records: list[dict]) -> Counter:
 
 class Schedule:
     """The packs (lists of runs; a single run is a pack of one) still to start, in the given order; with a
-    deadline, only those whose estimated time (the cost model at the throughput measured so far in this
-    sweep, for the pack's slowest run) fits the time left. A pack without a throughput figure yet is started
-    while a quarter of the time is left (it may compile first; at the deadline it pauses in checkpoints)."""
+    deadline, only those that fit the time left at their bound (`cost.Throughput.bound`: the cost model's steps,
+    or their row's, at the throughput measured so far in this sweep, times a margin on the steps; a pack's
+    slowest run). A pack without a throughput figure yet is started while a quarter of the time is left (it
+    may compile first; at the deadline it pauses in checkpoints), but never once a pack has not fitted: a pack
+    that does not fit lets only later packs take its place that fit by their bound, none whose time is unknown
+    and so might be paused at the deadline (an F1 checkpoint, 23 MB, may never come back from a lease).
+    `planned`: run id -> seconds its pack may take, from a plan (`nerepro sweep --runs`), the bound of a run
+    until runs of its own kind have been measured in this sweep, times the slowdown the measured kinds showed
+    against their plan (a plan's rate is a guess; the first packs tell)."""
 
-    def __init__(self, units: list[list[RunConfig]], deadline: float | None, throughput: Throughput):
+    def __init__(self, units: list[list[RunConfig]], deadline: float | None, throughput: Throughput,
+                 planned: dict | None = None):
         self.queue, self.deadline, self.throughput = list(units), deadline, throughput
+        self.planned = planned or {}
+        self.kinds = {Throughput.kind(c): c for unit in units for c in unit if c.run_id in self.planned}
         self.unknown_until = None if deadline is None else deadline - 0.25 * max(0.0, deadline - time.time())
+        self.refused = False  # a pack has not fitted: packs of unknown time are not started any more
 
     def fits(self, unit: list[RunConfig]) -> bool:
         if self.deadline is None:
             return True
-        estimates, now = [self.throughput.seconds(cfg) for cfg in unit], time.time()
+        estimates, now = [self.bound(cfg) for cfg in unit], time.time()
         if any(seconds is None for seconds in estimates):
-            return now <= self.unknown_until
+            return not self.refused and now <= self.unknown_until
         return now + max(estimates) <= self.deadline
+
+    def bound(self, cfg: RunConfig) -> float | None:
+        if cfg.run_id in self.planned and not self.throughput.measured(cfg):
+            return self.planned[cfg.run_id] * self.slowdown()
+        return self.throughput.bound(cfg)
+
+    def slowdown(self) -> float:
+        """How many times slower a step ran than planned, over the planned kinds measured so far (at least 1)."""
+        ratios = [(self.throughput.seconds(c) / self.throughput.run_steps(c))
+                  / (self.planned[c.run_id] / (estimated_steps(c) * STEPS_MARGIN))
+                  for c in self.kinds.values() if self.throughput.measured(c)]
+        return max([1.0, *ratios])
 
     def next(self) -> list[RunConfig] | None:
         for i, unit in enumerate(self.queue):
             if self.fits(unit):
                 return self.queue.pop(i)
+            self.refused = True
         return None
 
 
@@ -346,7 +370,8 @@ def _worker_run(unit: list[RunConfig], root: str, deadline: float | None) -> lis
 
 def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
               data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
-              max_restarts: int = 3, deadline: float | None = None, threads: int | None = None) -> list[dict]:
+              max_restarts: int = 3, deadline: float | None = None, threads: int | None = None,
+              planned: dict | None = None) -> list[dict]:
     """Run `runs` (runs, or packs of runs: `form_packs`; in the order given) in one worker process per slot,
     or in this process if there is one slot; each worker keeps its datasets on its device. A pool whose
     worker died is restarted (at most `max_restarts` times, not counting workers that exit on a CUDA error
@@ -381,7 +406,7 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
     if len(names) == 1:  # one worker: this process is it, until a CUDA error breaks its context
         cache, previous = DataCache(data_dir), torch.get_num_threads()
         torch.set_num_threads(threads)
-        schedule = Schedule(units, deadline, throughput)
+        schedule = Schedule(units, deadline, throughput, planned)
         try:
             while (unit := schedule.next()) is not None:
                 done(claim_and_run([dataclasses.replace(cfg, device=names[0]) for cfg in unit], results, cache,
@@ -405,7 +430,7 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
         failing = cuda_failures(results)
         left = [part for unit in left for part in (
             [[c] for c in unit] if len(unit) > 1 and any(c.run_id in failing for c in unit) else [unit])]
-        schedule = Schedule(left, deadline, throughput)
+        schedule = Schedule(left, deadline, throughput, planned)
         if not schedule.queue:
             break
         slot_queue, event_queue = ctx.Queue(), ctx.Queue()
@@ -504,7 +529,7 @@ def ray_gpu_share(unit: list[RunConfig], gpus: float, total: int) -> float:
 
 def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
-            max_retries: int = 3, deadline: float | None = None) -> list[dict]:
+            max_retries: int = 3, deadline: float | None = None, planned: dict | None = None) -> list[dict]:
     """Each pack (a single run: a pack of one) a Ray task, retried when its worker is lost, submitted in order
     as the cluster has room (so a deadline stops submission, as in the local executor). Where the cluster has
     GPUs a task takes `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no
@@ -527,7 +552,7 @@ def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_pe
     task = ray.remote(**ray_remote_options(gpus))(_ray_task)
     total = ray.get(ray.remote(num_gpus=min(gpus, 1), max_calls=1)(_gpu_memory).remote()) if gpus else None
     throughput, finished, refs = Throughput(), [], {}
-    schedule = Schedule(as_units(runs), deadline, throughput)
+    schedule = Schedule(as_units(runs), deadline, throughput, planned)
 
     def write(cfg: RunConfig, record: dict | None) -> None:
         if record is None:

@@ -25,6 +25,7 @@ from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_du
 from .trace import StepTrace
 
 Progress = Callable[[int, str], None]  # at every check: (step, loss_text(...)), e.g. "L(w)=..." or "NE epoch mean=..."
+BeforeStep = Callable[[int, "RunState"], None]  # before each step: (steps taken, the run's state); bench's clock
 CURVE = ("step", "train_loss", "exact", "minibatch_loss", "lr")  # README, 'The record'
 
 
@@ -108,7 +109,8 @@ def prepare_data(cfg: RunConfig, data: datasets.Data | None, device: torch.devic
 def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | None = None,
           progress: Progress | None = None, checkpoint: Path | None = None,
           checkpoint_every_s: float = 300.0, final_evaluation: bool = True,
-          save_weights: Path | None = None, deadline: float | None = None) -> dict:
+          save_weights: Path | None = None, deadline: float | None = None,
+          before_step: BeforeStep | None = None) -> dict:
     """Train one network with noise enhancement (Eq. 6) until L < L** (Sec. 3) and return its record.
 
     With `checkpoint`, the run's full state is saved there atomically at a check at most every
@@ -117,11 +119,13 @@ def train(cfg: RunConfig, data: datasets.Data | None = None, data_dir: str | Non
     `save_weights` receives the final model's state dict (for `nerepro noise --weights`).
     At `deadline` (a `time.time()` value) the run saves its checkpoint at the step it reached and raises
     OutOfTime; the next call with the same checkpoint continues it to the record an uninterrupted run gives.
+    `before_step` (benchmarks: `nerepro bench` times the steps after its warm-up) is called before each step.
     One run is a pack of one: `train_pack` is the loop.
     """
     report = (lambda run_id, step, text: progress(step, text)) if progress else None
+    hook = (lambda step, states: before_step(step, states[0])) if before_step else None
     return train_pack([cfg], data, data_dir, report, [checkpoint], checkpoint_every_s, final_evaluation,
-                      deadline, save_weights=save_weights)[0]
+                      deadline, save_weights=save_weights, before_step=hook)[0]
 
 
 @dataclass
@@ -139,7 +143,8 @@ class Member:
 def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_dir: str | None = None,
                progress: Callable[[str, int, str], None] | None = None, checkpoints: list[Path | None] | None = None,
                checkpoint_every_s: float = 300.0, final_evaluation: bool = True, deadline: float | None = None,
-               on_record: Callable[[dict], None] | None = None, save_weights: Path | None = None) -> list[dict]:
+               on_record: Callable[[dict], None] | None = None, save_weights: Path | None = None,
+               before_step: Callable[[int, list[RunState]], None] | None = None) -> list[dict]:
     """Train runs that differ only in seed and alpha together (pack.py), each to its own stopping point, and
     return their records in the order given (`on_record` receives each as soon as its run ends; a run that
     ends leaves the pack). A single run is a pack of one and trains exactly as it always has. Runs resumed
@@ -171,11 +176,11 @@ def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_di
         records = {}
         for group in groups:
             for r in train_pack([cfgs[i] for i in group], data, None, progress, [checkpoints[i] for i in group],
-                                checkpoint_every_s, final_evaluation, deadline, on_record):
+                                checkpoint_every_s, final_evaluation, deadline, on_record, before_step=before_step):
                 records[r["run_id"]] = r
         return [records[c.run_id] for c in cfgs]
     return _loop(members, data, device, progress, checkpoint_every_s, final_evaluation, deadline, on_record,
-                 save_weights, t_start)
+                 save_weights, t_start, before_step)
 
 
 def _window(cfg: RunConfig, data: datasets.Data, device: torch.device, runs: int = 1) -> EpochWindow | None:
@@ -186,7 +191,7 @@ def _window(cfg: RunConfig, data: datasets.Data, device: torch.device, runs: int
 
 def _loop(members: list[Member], data: datasets.Data, device: torch.device, progress, checkpoint_every_s: float,
           final_evaluation: bool, deadline: float | None, on_record, save_weights: Path | None,
-          t_start: float) -> list[dict]:
+          t_start: float, before_step=None) -> list[dict]:
     cfg, order = members[0].cfg, [m.cfg.run_id for m in members]
     size = len(members)
     single = size == 1
@@ -323,6 +328,8 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         return keep
 
     while members and step < cfg.max_steps:
+        if before_step is not None:
+            before_step(step, [m.state for m in members])
         if deadline is not None and time.time() >= deadline:
             settle()
             if not members:

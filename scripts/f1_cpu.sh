@@ -24,6 +24,9 @@ WORKERS=${WORKERS:-$CORES}
 THREADS=${THREADS:-1}
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
+if [ -z "${NEREPRO_DATA:-}" ] && [ -d "$ROOT/.data/FashionMNIST" ]; then
+  export NEREPRO_DATA=$ROOT/.data  # the checkout's copy (else the default; the sweep stops at once without it)
+fi
 
 commit=$(git rev-parse HEAD)
 tree=${TREES:-$ROOT/.worktrees}/f1-cpu-${commit:0:10}  # TREES: where the worktrees go

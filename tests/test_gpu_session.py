@@ -1,5 +1,6 @@
-"""scripts/gpu_session.sh rehearsed on the CPU so that it cannot rot before the next GPU lease, its pack gate
-(fail closed), and the sweep plan it asks nerepro.session for."""
+"""The GPU lease session (nerepro/session.py, scripts/gpu_session.sh) rehearsed on the CPU so that it cannot rot
+before the next lease: its data check, its gate (fail closed), the rows-first plan it gives the sweep
+(nerepro/lease_plan.py) and the sweep's rule that no pack starts that would be paused."""
 
 import json
 import os
@@ -7,13 +8,19 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, write_fashion_mnist
 from nerepro.config import RunConfig
-from nerepro.session import CPU, H100, main, plan_sweep, simulate, training_window
-from nerepro.sweep import form_packs
+from nerepro.cost import STEPS_MARGIN, Throughput, estimated_steps
+from nerepro.lease_plan import (CPU, H100, PESSIMISTIC_TFLOPS, ROWS, lease_order, plan_lease, planned_runs, row_of,
+                                simulate, training_window)
+from nerepro.results import ResultsDir
+from nerepro.session import GATE_TESTS, find_data, gate_decision, main
+from nerepro.sweep import Schedule, form_packs
 
 SCRIPT = str(REPO / "scripts" / "gpu_session.sh")
 LIMIT = 15 * 2 ** 20  # the most a handed-back file may have
@@ -28,7 +35,8 @@ def session(out, seconds, timeout, **env):
 
 def rows(summary):
     """The step column of the summary's table, in order."""
-    return [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
+    return [line.split("|")[1].strip() for line in summary.splitlines()
+            if line.startswith("| ") and "---" not in line][1:]  # the header's "step" apart
 
 
 def test_gpu_session_rehearsal_on_the_cpu(tmp_path):
@@ -36,35 +44,50 @@ def test_gpu_session_rehearsal_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     start = time.time()
     summary = session(out, 120, 150, DEVICE="cpu", SEEDS="1", NEREPRO_DATA=str(data),
-                      CONFIG="configs/smoke.toml configs/f1.toml")  # smoke's runs finish, f1's do not fit
+                      CONFIG="configs/smoke.toml configs/f1.toml")  # smoke's runs are planned, f1's rows do not fit
     assert time.time() - start < 125
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     assert len(files) <= 8, files
     assert {"results.tar.gz", "summary.md", "logs.tar.gz", "env.txt", "bench.jsonl"} <= set(files), summary
     assert all(size <= LIMIT for size in files.values()), files
+    lines = summary.splitlines()
+    assert lines[0] == "# GPU session: nerepro" and lines[2].startswith("**Rows finished:**"), summary
+    assert "Table 3: F1, alpha = 3 at B = 5000, default reading (0 of 1: the plan did not fit it" in summary
     steps = rows(summary)
-    assert steps[steps.index("gate") + 1] == "sweep", steps  # the pack test is the step before the sweep
-    assert "| gate | skipped: no CUDA device (rehearsal); packs off | |" in summary
-    assert "| sweep | exit 0; 1 worker, packs off |" in summary, summary
-    for name in ("bench-f1-b100-pack2", "smoke", "report"):
-        assert f"| {name} | exit 0 |" in summary, (name, summary)
-    plan = summary.split("## Sweep plan")[1]
-    assert "Workers 1, packs of up to 1 (packs off):" in plan and "One worker" in plan
+    assert steps[:4] == ["data", "results-from", "gate", "sweep"], steps  # the data first, the pack test before the sweep
+    assert "| gate | not run: no CUDA device (rehearsal); packs off |" in summary
+    assert "| sweep | exit 0; 2 runs planned, 1 worker, packs off |" in summary, summary
+    assert "| bench-f1-b100-pack2 | exit 0 |" in summary, summary
     with tarfile.open(out / "logs.tar.gz") as tar:
-        assert {"logs/sweep.log", "logs/plan.md", "logs/env.txt"} <= set(tar.getnames())
+        assert {"logs/sweep.log", "logs/env.txt", "logs/summary.md"} <= set(tar.getnames())
         sweep_log = tar.extractfile("logs/sweep.log").read().decode()
-    assert "time limit" in sweep_log and "rerun the same command to continue" in sweep_log
+    assert "2 runs to do" in sweep_log  # only the planned runs: smoke.toml's two; f1.toml's do not fit 120 s
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
-    records = [n for n in names if n.startswith("results/runs/") and n.endswith(".json")]
-    assert 1 <= len(records) <= 2  # smoke.toml at one seed (how many fit the time depends on the machine's load)
+    committed = {p.name for p in (REPO / "results" / "f1" / "runs").glob("*.json")}
+    assert {f"results/runs/{n}" for n in committed} <= set(names)  # results/f1 by default, handed back with the new
     assert not [n for n in names if "checkpoints" in n or ".locks" in n]
-    for name in ("table2.md", "claims.md", "protocol.md"):
-        assert f"results/report/{name}" in names
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [(b["network"], b["runs"]) for b in bench] == [("F1", 2)]
-    smoke = [json.loads(line) for line in (out / "smoke.jsonl").read_text().splitlines()]
-    assert [(s["network"], s["precision"], s["ok"]) for s in smoke] == [("F1", "fp32", True), ("F1", "bf16", True)]
+
+
+def test_with_the_data_hidden_the_session_stops_at_once_and_says_how_to_fix_it(tmp_path):
+    out = tmp_path / "out"
+    start = time.time()
+    summary = session(out, 120, 60, DEVICE="cpu", SEEDS="1", NEREPRO_DATA=str(tmp_path / "nowhere"))
+    assert time.time() - start < 20
+    first = summary.splitlines()[0]
+    assert first.startswith("**Nothing ran: Fashion-MNIST is missing**") and f"NEREPRO_DATA={tmp_path / 'nowhere'}" \
+        in first and "cp -r ../shared/data/FashionMNIST .data/" in first, first
+    assert rows(summary) == ["data"]
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "summary.md"]  # no results, no error records
+
+
+def test_the_data_is_found_where_the_lease_carries_it(tmp_path):
+    checkout = tmp_path / "checkout"
+    assert find_data({"NEREPRO_DATA": "/d"}, checkout)[0] == Path("/d")  # an explicit directory wins
+    (checkout / ".data" / "FashionMNIST").mkdir(parents=True)
+    assert find_data({}, checkout)[0] == checkout / ".data"
 
 
 def test_a_second_session_into_the_same_results_skips_what_the_first_recorded(tmp_path):
@@ -74,17 +97,14 @@ def test_a_second_session_into_the_same_results_skips_what_the_first_recorded(tm
                       '[[grid]]\nnetwork = "F1"\nalpha = [1.0, 2.0]\nbatch_size = 50\n')
     results = tmp_path / "results"
     env = dict(DEVICE="cpu", SEEDS="1", NEREPRO_DATA=str(data), CONFIG=str(config), STAGES="sweep",
-               RESULTS=str(results))
-    first = session(tmp_path / "out1", 60, 90, **env)
-    assert "| sweep | exit 0;" in first, first
+               RESULTS=str(results), RESULTS_FROM="none")
+    first = session(tmp_path / "out1", 100, 130, **env)
+    assert "| sweep | exit 0; 2 runs planned" in first, first
     recorded = sorted(p.name for p in (results / "runs").glob("*.json"))
-    assert recorded
+    assert len(recorded) == 2
     second = session(tmp_path / "out2", 60, 90, **env)
-    assert "| sweep | exit 0;" in second, second
-    with tarfile.open(tmp_path / "out2" / "logs.tar.gz") as tar:
-        log = tar.extractfile("logs/sweep.log").read().decode()
-    assert f"({len(recorded)} of 2 already recorded)" in log, log
-    assert sorted(p.name for p in (results / "runs").glob("*.json"))[:len(recorded)] == recorded
+    assert "| sweep | skipped: every run is recorded |" in second, second
+    assert sorted(p.name for p in (results / "runs").glob("*.json")) == recorded
     with tarfile.open(tmp_path / "out2" / "results.tar.gz") as tar:  # the records come back with the session
         assert {f"results/runs/{name}" for name in recorded} <= set(tar.getnames())
 
@@ -93,10 +113,14 @@ def test_a_session_started_from_a_results_directory_hands_its_records_back(tmp_p
     source = tmp_path / "f1"
     (source / "runs").mkdir(parents=True)
     (source / "runs" / "F1-a1.5-b2000-s1-x.json").write_text("{}")
-    summary = session(tmp_path / "out", 30, 30, PYTHON=fake_python, STAGES="", RESULTS_FROM=str(source))
-    assert "| results-from | exit 0; records: 1 |" in summary
+    (source / "checkpoints").mkdir()
+    (source / "checkpoints" / "F1-a1-b900-s2-x.pt").write_text("a CPU run's")  # not carried to another machine
+    summary = session(tmp_path / "out", 30, 30, PYTHON=fake_python, STAGES="", RESULTS_FROM=str(source),
+                      NEREPRO_DATA=str(write_fashion_mnist(tmp_path / "data")))
+    assert "| results-from | 1 records of" in summary, summary
     with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:
         assert "results/runs/F1-a1.5-b2000-s1-x.json" in tar.getnames()
+        assert not [n for n in tar.getnames() if "checkpoints" in n]
     assert (source / "runs" / "F1-a1.5-b2000-s1-x.json").read_text() == "{}"  # the source is only read
 
 
@@ -104,7 +128,8 @@ def test_no_handed_back_file_is_over_15_mib(tmp_path, fake_python):
     source = tmp_path / "big"
     (source / "runs").mkdir(parents=True)
     (source / "runs" / "F1-a1-b900-s0-x.json").write_bytes(os.urandom(LIMIT + 2 ** 20))  # gzip cannot shrink it
-    summary = session(tmp_path / "out", 30, 60, PYTHON=fake_python, STAGES="", RESULTS_FROM=str(source))
+    summary = session(tmp_path / "out", 30, 60, PYTHON=fake_python, STAGES="", RESULTS_FROM=str(source),
+                      NEREPRO_DATA=str(write_fashion_mnist(tmp_path / "data")))
     files = {p.name: p.stat().st_size for p in (tmp_path / "out").iterdir()}
     assert all(size <= LIMIT for size in files.values()) and "logs.tar.gz" in files, files
     assert "- results.tar.gz would have been 16 MiB, over the 15 MiB a file may have" in summary
@@ -116,12 +141,11 @@ def test_no_handed_back_file_is_over_15_mib(tmp_path, fake_python):
 FAKE_PYTHON = """#!/bin/sh
 # a python whose pytest is scripted by FAKE_PYTEST (its output) and FAKE_RC; the rest goes to the real one
 if [ "$1" = -m ] && [ "$2" = pytest ]; then
-  echo "$*" > "$FAKE_ARGS"
+  printf '%s\\n' "$@" > "$FAKE_ARGS"
   [ -n "$FAKE_SLEEP" ] && sleep "$FAKE_SLEEP"
   printf '%s\\n' "$FAKE_PYTEST"
   exit "$FAKE_RC"
 fi
-[ "$1" = -c ] && { echo "python (fake)"; exit 0; }
 exec {python} "$@"
 """
 
@@ -134,67 +158,184 @@ def fake_python(tmp_path):
     return str(fake)
 
 
-@pytest.mark.parametrize("output, rc, sleep, packs, status", [
-    ("1 passed, 212 deselected in 4.42s", 0, "", "on", "exit 0"),
-    ("2 skipped, 212 deselected in 4.42s", 0, "", "off", "exit 0"),  # no CUDA on the box: untested is off
-    ("1 passed, 1 skipped, 212 deselected in 4.42s", 0, "", "off", "exit 0"),
-    ("1 failed, 212 deselected in 4.42s", 1, "", "off", "exit 1"),
-    ("214 deselected in 1.20s", 5, "", "off", "exit 5"),  # no test: the test was renamed or not collected
-    ("ERROR tests/test_fastpath.py\n1 error in 2.00s", 2, "", "off", "exit 2"),  # collection error
-    ("/usr/bin/python3: No module named pytest", 1, "", "off", "exit 1"),
-    ("", 124, "", "off", "stopped at its 3 s limit"),  # what a timeout reports
-    ("1 passed in 60.00s", 0, "30", "off", "stopped at its 3 s limit"),  # killed by its limit
+@pytest.mark.parametrize("output, rc, packs", [
+    ("4 passed, 212 deselected in 4.42s", 0, True),
+    ("4 skipped, 212 deselected in 4.42s", 0, False),  # no CUDA on the box: untested is off
+    ("3 passed, 1 skipped, 212 deselected in 4.42s", 0, False),
+    ("1 failed, 3 passed, 212 deselected in 4.42s", 1, False),
+    ("214 deselected in 1.20s", 5, False),  # no test: renamed or not collected
+    ("ERROR tests/test_fastpath.py\n1 error in 2.00s", 2, False),  # collection error
+    ("/usr/bin/python3: No module named pytest", 1, False),
+    ("", None, False),  # stopped at its limit
 ])
-def test_the_pack_gate_fails_closed(tmp_path, fake_python, output, rc, sleep, packs, status):
+def test_the_gate_decides_packs_and_fails_closed(output, rc, packs):
+    decided, why = gate_decision(rc, output)
+    assert decided is packs and why
+
+
+def test_the_gate_runs_only_the_pack_tests_under_a_limit_from_its_start(tmp_path, fake_python):
     args = tmp_path / "args"
-    summary = session(tmp_path / "out", 30, 30, PYTHON=fake_python, DEVICE="cuda", STAGES="gate", GATE_S="3",
-                      FAKE_PYTEST=output, FAKE_RC=str(rc), FAKE_SLEEP=sleep, FAKE_ARGS=str(args))
-    assert f"| gate | {status}; packs {packs} |" in summary, summary
-    assert args.read_text().split() == ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-k",
-                                        "test_cuda_pack", "tests/test_fastpath.py"]
+    start = time.time()
+    summary = session(tmp_path / "out", 40, 40, PYTHON=fake_python, DEVICE="cuda", STAGES="gate", GATE_S="3",
+                      FAKE_PYTEST="4 passed in 60.00s", FAKE_RC="0", FAKE_SLEEP="30", FAKE_ARGS=str(args),
+                      RESULTS_FROM="none", NEREPRO_DATA=str(write_fashion_mnist(tmp_path / "data")))
+    assert time.time() - start < 15
+    assert "| gate | the gate did not finish in its limit in 3 s with its interpreter's start; packs off |" in summary, \
+        summary
+    assert args.read_text().split("\n")[:8] == ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-k"]
+    assert args.read_text().split("\n")[8:10] == [GATE_TESTS, "tests/test_fastpath.py"]
 
 
-def headline(seeds=10, **settings):
-    """Table 2's and Table 3's F1 rows (configs/f1.toml priorities 1-2)."""
-    rows = [(1, 1.0, 900), (1, 1.5, 2000), (2, 3.0, 5000)]
-    runs = [(p, RunConfig("F1", a, b, seed=s, **settings)) for p, a, b in rows for s in range(seeds)]
-    return [c for _, c in runs], {c.run_id: p for p, c in runs}
+# ---- the plan -------------------------------------------------------------------------------------------
+
+def f1_rows(seeds=10):
+    """Every run of configs/f1.toml at `seeds` seeds, and their priorities (lease_plan.planned_runs)."""
+    return planned_runs([REPO / "configs" / "f1.toml"], seeds, ["F1"], None)
+
+
+def test_the_lease_takes_the_rows_first_whatever_the_configs_priorities():
+    runs, priority = f1_rows(seeds=2)
+    order = lease_order(runs, priority)
+    rows = [row_of(c) for c in order[:2 * len(ROWS)]]
+    assert rows == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # Table 3's default row (priority 3) before the step rows (2)
+    assert all(row_of(c) is None for c in order[2 * len(ROWS):])
+    assert [c.seed for c in order[:2]] == [0, 1]
+    assert ROWS[2][0].startswith("Table 3") and "default" in ROWS[2][0] and "step" in ROWS[3][0]
+
+
+def test_a_540_s_lease_finishes_table_2_and_3_at_the_planned_rate():
+    runs, priority = f1_rows()
+    plan = plan_lease(runs, 467, 10, priority, H100)  # what `session plan --seconds 540` gives the sweep
+    assert [(r.label[:7], r.done == r.todo) for r in plan.rows[:3]] == [("Table 2", True)] * 2 + [("Table 3", True)]
+    assert plan.workers == 1 and plan.max_pack > 1
+    slow = plan_lease(runs, 467, 10, priority, replace(H100, tflops=PESSIMISTIC_TFLOPS))
+    assert [r.done == r.todo for r in slow.rows[:2]] == [True, True]
+    # only the planned runs go to the sweep, each with its pack's bound
+    assert plan.finishing <= {c.run_id for c in plan.order} and set(plan.bounds) >= plan.finishing
+
+
+def test_the_sweep_gets_only_the_time_the_rows_need():
+    runs, priority = f1_rows(seeds=2)
+    rows_only = [c for c in runs if row_of(c) is not None and row_of(c) < 2]  # Table 2's default rows
+    plan = plan_lease(rows_only, 900, 10, priority, H100)
+    assert all(r.done == r.todo for r in plan.rows)
+    last = max(r.end for r in plan.rows)
+    assert last < plan.seconds < last + 60  # the rows' end, the sweep's start and pause: the rest to benchmarks
+
+
+def test_a_pack_that_does_not_fit_is_not_started_and_rows_are_not_overtaken():
+    runs = [RunConfig("F1", 3.0, 5000, seed=s) for s in range(10)]
+    window = training_window(120, 1, H100)
+    outcome = simulate(form_packs(runs, 10), 1, window, H100)
+    assert outcome.done == 0 and len(outcome.not_started) == 1  # not started, so never paused
+    plan = plan_lease(runs, 120, 10, None, H100)
+    assert plan.workers == 1 and 1 < plan.max_pack < 10 and plan.expected == plan.max_pack
+
+
+def test_the_sweep_starts_no_pack_of_unknown_time_after_one_did_not_fit():
+    cfg = RunConfig("F1", 1.0, 900, subset=1800)
+    big, unknown, small = [cfg.replace(batch_size=600)], [RunConfig("C1", 1.0, 100)], [cfg.replace(seed=2)]
+    throughput = Throughput()
+    throughput.add({"status": "converged", "wall_s": 100.0, "network": "F1", "batch_size": 900, "alpha": 1.0,
+                    "stop_loss": cfg.effective_stop_loss, "steps": 100, "samples_processed": 90000})
+    seconds = throughput.seconds(cfg)
+    now = time.time()
+    planned = {big[0].run_id: 1000.0}  # the plan's bound for `big`: over the time left
+    schedule = Schedule([big, unknown, small], now + 1.2 * STEPS_MARGIN * seconds, throughput, planned)
+    schedule.unknown_until = now + 1e6  # a pack of unknown time would be started, were it not after a refusal
+    assert schedule.next() == small  # `big` refused by its planned bound; `unknown` might be paused: skipped
+    assert schedule.next() is None and schedule.queue == [big, unknown]
+    fresh = Schedule([unknown, small], now + 1e6, Throughput())
+    assert fresh.next() == unknown  # before any refusal, as before: started while a quarter of the time is left
+
+
+def test_the_planned_bound_holds_until_runs_of_its_kind_are_measured():
+    cfg = RunConfig("F1", 1.0, 900, subset=1800)
+    throughput = Throughput()
+    schedule = Schedule([[cfg]], time.time() + 100, throughput, {cfg.run_id: 500.0})
+    assert schedule.bound(cfg) == 500.0 and not schedule.fits([cfg])
+    throughput.add({"status": "converged", "wall_s": 1.0, "network": "F1", "batch_size": 900, "alpha": 1.0,
+                    "stop_loss": cfg.effective_stop_loss, "steps": 100, "samples_processed": 90000})
+    assert schedule.bound(cfg) == pytest.approx(throughput.seconds(cfg) * STEPS_MARGIN) and schedule.fits([cfg])
 
 
 def test_compute_bound_packs_get_the_gpu_to_themselves():
-    runs, priority = headline()
-    plan = plan_sweep(runs, 600, 10, priority, H100)
-    assert (plan.workers, plan.max_pack) == (1, 10)  # B = 2000 and 5000 packs of 10 are compute-bound on an H100
-    assert plan.expected == 30 and "compute-bound" in plan.reason and "One worker: a pack needs 100%" in plan.reason
-    # side by side, the same packs would share the GPU and all finish late
-    units = form_packs(runs, 10, priority)
-    assert simulate(units, 1, 400, H100).done == 30
-
-
-def test_a_pack_too_long_for_the_time_is_made_smaller_so_that_some_runs_finish():
-    runs = [RunConfig("F1", 3.0, 5000, seed=s) for s in range(10)]
-    window = training_window(120, 1, H100)
-    assert simulate(form_packs(runs, 10), 1, window, H100).done == 0
-    plan = plan_sweep(runs, 120, 10, None, H100)
-    assert plan.workers == 1 and 1 < plan.max_pack < 10 and plan.expected == plan.max_pack
+    runs, priority = f1_rows()
+    plan = plan_lease(runs, 600, 10, priority, H100)
+    assert plan.workers == 1 and "compute-bound" in plan.reason and "One worker: a pack needs" in plan.reason
 
 
 def test_launch_bound_runs_share_the_gpu():
     runs = [RunConfig("F1", 1.0, 100, seed=s) for s in range(10)]
-    plan = plan_sweep(runs, 600, 1, None, H100)  # packs off (the gate failed): single runs, launch-bound
+    plan = plan_lease(runs, 600, 1, None, H100)  # packs off (the gate failed): single runs, launch-bound
     assert plan.workers > 1 and plan.max_pack == 1 and "launch-bound" in plan.reason
-    runs, priority = headline()
-    assert plan_sweep(runs, 600, 1, priority, H100).workers > 1
+
+
+def test_packs_slower_than_planned_stretch_the_plan_of_the_kinds_not_yet_measured():
+    first, second = RunConfig("F1", 1.0, 900, subset=4000), RunConfig("F1", 1.5, 2000, subset=4000)
+    planned = {first.run_id: 100.0, second.run_id: 100.0}
+    schedule = Schedule([[first], [second]], time.time() + 1000, Throughput(), planned)
+    assert schedule.bound(second) == 100.0
+    per_step = 100.0 / (estimated_steps(first) * STEPS_MARGIN)  # what the plan gave `first`'s steps
+    schedule.throughput.add({"status": "converged", "wall_s": 2 * per_step * 50, "network": "F1", "batch_size": 900,
+                             "alpha": 1.0, "stop_loss": first.effective_stop_loss, "steps": 50,
+                             "samples_processed": 50 * 900})
+    assert schedule.slowdown() == pytest.approx(2.0)  # its steps took twice the plan's
+    assert schedule.bound(second) == pytest.approx(200.0)
 
 
 def test_on_the_cpu_a_run_has_the_cores_to_itself():
-    runs, priority = headline(seeds=2, subset=6000, max_steps=100)
-    assert plan_sweep(runs, 60, 1, priority, CPU).workers == 1
-    assert plan_sweep([], 60, 10, None, CPU).workers == 1
+    runs = [RunConfig("F1", a, b, seed=s, subset=6000, max_steps=100) for a, b in ((1.0, 900), (1.5, 2000))
+            for s in range(2)]
+    assert plan_lease(runs, 60, 1, None, CPU).workers == 1
+    assert plan_lease([], 60, 10, None, CPU).workers == 1
 
 
-def test_the_plan_command_prints_both_plans(capsys):
-    assert main(["plan", str(REPO / "configs" / "smoke.toml"), "--seconds", "60", "--device", "cpu"]) == 0
-    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert [(packs, int(w)) for packs, w, _, _ in lines] == [("on", 1), ("off", 1)] and lines[1][2] == "1"
-    assert all(reason.endswith(".") for *_, reason in lines)
+def test_the_plan_command_says_which_rows_finish_and_skips_results_f1_by_default(capsys):
+    assert main(["plan", str(REPO / "configs" / "f1.toml"), "--seconds", "540", "--device", "cuda"]) == 0
+    text = capsys.readouterr().out
+    runs, _ = planned_runs([REPO / "configs" / "f1.toml"], 10, ["F1"], None)
+    recorded = ResultsDir(REPO / "results" / "f1").done()
+    todo = sum(c.run_id not in recorded for c in runs)
+    assert f"{todo} runs not recorded in {REPO / 'results' / 'f1'}" in text, text
+    blocks = text.split("\nAt ")
+    assert len(blocks) == 3 and blocks[1].startswith("40 TFLOP/s") and blocks[2].startswith("30 TFLOP/s")
+    for block in blocks[1:]:
+        assert "Table 2: F1, alpha = 1 at B = 900, default reading" in block and "Table 3: F1" in block
+    assert "Table 3: F1, alpha = 3 at B = 5000, default reading: 10 runs, finishes" in blocks[1], blocks[1]
+
+
+def test_sweep_runs_file_gives_the_order_and_refuses_unknown_ids(tmp_path, fake_fmnist_root):
+    from typer.testing import CliRunner
+
+    from nerepro.cli import app
+
+    config = tmp_path / "tiny.toml"
+    config.write_text('seeds = 1\n[settings]\nsubset = 200\nmax_steps = 4\ncheck_every = 2\n'
+                      '[[grid]]\nnetwork = "F1"\nalpha = [1.0, 2.0]\nbatch_size = [50, 100]\n')
+    runner = CliRunner()
+    listed = runner.invoke(app, ["sweep", str(config), "--results", str(tmp_path / "r"), "--dry-run", "--list"])
+    ids = [line for line in listed.output.splitlines() if line.startswith("F1-")]
+    assert len(ids) == 4
+    runs = tmp_path / "runs.txt"
+    runs.write_text(f"{ids[3]} 30\n{ids[0]}\n")
+    done = runner.invoke(app, ["sweep", str(config), "--results", str(tmp_path / "r"), "--device", "cpu",
+                               "--data-dir", str(fake_fmnist_root), "--runs", str(runs), "--time-limit", "600"])
+    assert done.exit_code == 0, done.output
+    log = (tmp_path / "r" / "sweep.log").read_text()
+    assert [line.split()[-1] for line in log.splitlines() if " start " in line] == [ids[3], ids[0]]
+    runs.write_text("F1-nothing-s0\n")
+    bad = runner.invoke(app, ["sweep", str(config), "--results", str(tmp_path / "r"), "--runs", str(runs)])
+    assert bad.exit_code == 2 and "not runs of the configs (first: F1-nothing-s0)" in bad.output
+
+
+def test_a_sweep_without_its_data_stops_before_it_records_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from nerepro.cli import app
+
+    result = CliRunner().invoke(app, ["sweep", str(REPO / "configs" / "smoke.toml"), "--results", str(tmp_path / "r"),
+                                      "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "Fashion-MNIST not found" in result.output and "nothing was trained" in result.output
+    assert not list((tmp_path / "r").rglob("*.json"))
