@@ -399,7 +399,8 @@ def sweep(s: Session, args, plan, packs: bool, results: Path) -> None:
                         *(["--threads", "1"] if s.device == "cpu" else []),  # a rehearsal beside other work
                         "--time-limit", f"{max(1.0, limit):.0f}"], limit + SWEEP_START_S + 5, note)
     ended = s.steps[-1] if s.steps and s.steps[-1].name == "sweep" else None
-    s.head[1:1] = ["", *rows_lines(results, args, ROWS, plan, ended, packs)]
+    gate_off = not packs and s.device != "cpu" and args.pack == "auto" and "gate" in args.stages
+    s.head[1:1] = ["", *rows_lines(results, args, ROWS, plan, ended, gate_off)]
     s.write_summary()
 
 
@@ -410,7 +411,7 @@ def plan_text(plan, packs: bool) -> str:
             f"--time-limit {plan.seconds:.0f} s. {plan.reason}\n\n{rows}")
 
 
-def rows_lines(results: Path, args, rows, plan, ended: Step | None = None, packs: bool = True) -> list[str]:
+def rows_lines(results: Path, args, rows, plan, ended: Step | None = None, gate_off: bool = False) -> list[str]:
     """The summary's first lines: each row of ROWS finished (all its seeds recorded) or not, and why: error
     records, the sweep's own end (a failure, its limit), the plan (without packs where the gate turned them
     off), or slower than planned."""
@@ -440,7 +441,7 @@ def rows_lines(results: Path, args, rows, plan, ended: Step | None = None, packs
         p = planned.get(label)
         why = (f"{errors} error records" if errors else
                f"the sweep {ended.status}" if ended is not None and ended.rc != 0 else
-               ("the plan did not fit it in the time" + ("" if packs else " without packs (the gate turned them off)"))
+               ("the plan did not fit it in the time" + (" without packs (the gate turned them off)" if gate_off else ""))
                if p and p.done < p.todo else
                "no sweep ran" if ended is None else
                "slower than planned (its runs were planned to finish)")
