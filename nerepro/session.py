@@ -37,13 +37,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .handback import copy_results, hand_back, unpack
+
 REPO = Path(__file__).resolve().parent.parent
-LIMIT_BYTES = 15 * 2 ** 20  # the most a handed-back file may have (16 MiB never come back)
 HANDBACK_S = 10.0           # kept for the hand-back at the end of the budget
 SWEEP_START_S = 12.0        # the sweep's interpreter and torch, before its --time-limit counts
 SESSION_START_S = 15.0      # the session's own interpreter, torch, the data check and the copy of results/f1
@@ -90,7 +90,7 @@ def find_data(env: dict, checkout: Path = REPO) -> tuple[Path, list[Path]]:
 def missing_data_line(problem: str, looked: list[Path], env: dict) -> str:
     """The summary's first line when Fashion-MNIST is not there: what is missing and the fix."""
     if env.get("NEREPRO_DATA"):
-        fix = (f"point NEREPRO_DATA at a directory that holds FashionMNIST/raw/, or unset it and carry the "
+        fix = ("point NEREPRO_DATA at a directory that holds FashionMNIST/raw/, or unset it and carry the "
                "checkout's .data/ (`mkdir -p .data && cp -r ../shared/data/FashionMNIST .data/`, `.data` in the "
                "call's carry)")
     else:
@@ -450,106 +450,6 @@ def rows_lines(results: Path, args, rows, plan, ended: Step | None = None, gate_
     if not_finished:
         lines.append(f"**Not finished:** {'; '.join(not_finished)}.")
     return lines
-
-
-def copy_results(source: Path, results: Path) -> int:
-    """A results directory's records, traces, sweep log and report into `results` (not its checkpoints, which
-    belong to its own machine's runs, nor its locks); files already there are kept."""
-    n = 0
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source)
-        if not path.is_file() or rel.parts[0] in ("checkpoints", ".locks"):
-            continue
-        target = results / rel
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-            n += rel.parts[0] == "runs" and path.suffix == ".json"
-    return n
-
-
-def unpack(archive: Path, results: Path, work: Path) -> None:
-    """An earlier session's results.tar.gz or checkpoints.tar.gz into the results directory (files there kept)."""
-    into = work / "unpacked"
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    if (into / "results").is_dir():
-        copy_all(into / "results", results)
-
-
-def copy_all(source: Path, target: Path) -> None:
-    for path in source.rglob("*"):
-        if path.is_file() and not (target / path.relative_to(source)).exists():
-            (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target / path.relative_to(source))
-
-
-# ---- the hand-back ----------------------------------------------------------------------------------------
-
-def archive(out: Path, name: str, files: list[tuple[Path, str]], notes: list[str]) -> bool:
-    """OUTDIR/NAME of (path, name in the archive), unless it would be over 15 MiB (then nothing, a note)."""
-    path = out / name
-    with tarfile.open(path, "w:gz") as tar:
-        for source, arcname in files:
-            tar.add(source, arcname=arcname, recursive=False)
-    if path.stat().st_size > LIMIT_BYTES:
-        notes.append(f"- {name} would have been {path.stat().st_size // 2 ** 20} MiB, over the 15 MiB a file may have")
-        path.unlink()
-        return False
-    return True
-
-
-def hand_back(s: Session, args) -> None:
-    """Into OUTDIR, the logs first: logs.tar.gz, results.tar.gz, checkpoints.tar.gz (only where it fits),
-    env.txt, bench.jsonl, smoke.jsonl; summary.md last, with the hand-back's notes."""
-    notes: list[str] = []
-    s.write_summary()
-    shutil.copy(s.out / "summary.md", s.logs / "summary.md")
-    logs = [(p, f"logs/{p.name}") for p in sorted(s.logs.iterdir()) if p.is_file()]
-    if not archive(s.out, "logs.tar.gz", logs, notes):
-        for p, _ in logs:  # logs over 1 MiB cut to their last MiB
-            if p.stat().st_size > 2 ** 20:
-                p.write_bytes(p.read_bytes()[-2 ** 20:])
-        if archive(s.out, "logs.tar.gz", logs, notes):
-            notes.append("- logs.tar.gz: logs over 1 MiB cut to their last MiB")
-    results = getattr(s, "results", None)
-    if results is not None and results.is_dir():
-        everything = [(p, "results/" + str(p.relative_to(results))) for p in sorted(results.rglob("*"))
-                      if p.is_file() and p.relative_to(results).parts[0] not in ("checkpoints", ".locks")]
-        if not archive(s.out, "results.tar.gz", everything, notes):
-            since = (s.work / "started").stat().st_mtime
-            new = [(p, a) for p, a in everything if p.stat().st_mtime >= since or p.name == "sweep.log"]
-            if archive(s.out, "results.tar.gz", new, notes):
-                notes.append("- results.tar.gz holds only this session's records and the sweep log")
-        paused = sorted((results / "checkpoints").glob("*.pt")) if (results / "checkpoints").is_dir() else []
-        if paused and args.results:
-            notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints stay in {results}/checkpoints")
-        elif paused:
-            size = sum(p.stat().st_size for p in paused)
-            if size < LIMIT_BYTES and archive(s.out, "checkpoints.tar.gz",
-                                                  [(p, f"results/checkpoints/{p.name}") for p in paused], notes):
-                notes.append(f"- runs paused at the limit: {len(paused)}, in checkpoints.tar.gz (RESUME continues them)")
-            else:
-                notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints ({size // 2 ** 20} MiB) "
-                             "are not handed back, over the 15 MiB a file may have")
-    for name in ("env.txt",):
-        if (s.logs / name).is_file():
-            shutil.copy(s.logs / name, s.out / name)
-    if (s.work / "bench.jsonl").is_file() and (s.work / "bench.jsonl").stat().st_size:
-        shutil.copy(s.work / "bench.jsonl", s.out / "bench.jsonl")
-    smoke = [line for line in (s.logs / "smoke.log").read_text(errors="replace").splitlines() if line.startswith("{")] \
-        if (s.logs / "smoke.log").is_file() else []
-    if smoke:
-        (s.out / "smoke.jsonl").write_text("\n".join(smoke) + "\n")
-    files = [f"- {p.name}: {p.stat().st_size} bytes" for p in sorted(s.out.iterdir()) if p.name != "summary.md"]
-    tails = []
-    for name in ("sweep.log", "gate.log", "pytest-gpu.log", "smoke.log"):
-        if (s.logs / name).is_file() and (s.logs / name).stat().st_size:
-            tail = "\n".join((s.logs / name).read_text(errors="replace").splitlines()[-15:])
-            tails.append(f"### {name} (last lines)\n```\n{tail}\n```")
-    s.sections.append(("Hand-back", "\n".join([f"Finished after {s.elapsed():.0f} s of a {s.budget:.0f} s budget.",
-                                               "", *notes, *files, "", *tails])))
-    s.write_summary()
 
 
 # ---- the command line -------------------------------------------------------------------------------------
