@@ -5,7 +5,7 @@
 # wrapper starts its clock, reads the environment and runs it from the checkout, nothing installed.
 # Environment: PYTHON (python3), DEVICE (cuda; cpu rehearses), SEEDS (10), CONFIG (configs/f1.toml; several,
 # space-separated), STAGES (which of gate sweep bench tests run; all), PACK (auto: the gate decides; on, off),
-# WORKERS (overrides the plan's), MAX_PACK (10), GATE_S (45), TFLOPS (a pack's rate for the plan; 40),
+# WORKERS (overrides the plan's), MAX_PACK (10), GATE_S (60), TFLOPS (a pack's rate for the plan; 40),
 # RESULTS (a results directory extended in place), RESULTS_FROM (results/f1 by default, when the checkout has
 # it: its records are skipped and handed back with the new ones; "none" for a fresh start), RESUME (archives of
 # an earlier session), NEREPRO_DATA (else the checkout's .data/, else ~/.cache/nerepro/data), NEREPRO_GIT_COMMIT.
@@ -21,7 +21,7 @@ if ! [[ "$budget" =~ ^[0-9]+$ ]] || (( budget < 30 )); then
 fi
 absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 args=(run "$(absolute "$out")" --seconds "$budget" --started "$started" --device "${DEVICE:-cuda}"
-      --seeds "${SEEDS:-10}" --pack "${PACK:-auto}" --max-pack "${MAX_PACK:-10}" --gate-s "${GATE_S:-45}")
+      --seeds "${SEEDS:-10}" --pack "${PACK:-auto}" --max-pack "${MAX_PACK:-10}" --gate-s "${GATE_S:-60}")
 for config in ${CONFIG:-configs/f1.toml}; do args+=(--config "$(absolute "$config")"); done
 for archive in ${RESUME:-}; do args+=(--resume "$(absolute "$archive")"); done
 [ -n "${STAGES+x}" ] && args+=(--stages "$STAGES")

@@ -205,10 +205,10 @@ def test_the_lease_takes_the_rows_first_whatever_the_configs_priorities():
 
 def test_a_540_s_lease_finishes_table_2_and_3_at_the_planned_rate():
     runs, priority = f1_rows()
-    plan = plan_lease(runs, 467, 10, priority, H100)  # what `session plan --seconds 540` gives the sweep
+    plan = plan_lease(runs, 438, 10, priority, H100)  # what `session plan --seconds 540` gives the sweep
     assert [(r.label[:7], r.done == r.todo) for r in plan.rows[:3]] == [("Table 2", True)] * 2 + [("Table 3", True)]
     assert plan.workers == 1 and plan.max_pack > 1
-    slow = plan_lease(runs, 467, 10, priority, replace(H100, tflops=PESSIMISTIC_TFLOPS))
+    slow = plan_lease(runs, 438, 10, priority, replace(H100, tflops=PESSIMISTIC_TFLOPS))
     assert [r.done == r.todo for r in slow.rows[:2]] == [True, True]
     # only the planned runs go to the sweep, each with its pack's bound
     assert plan.finishing <= {c.run_id for c in plan.order} and set(plan.bounds) >= plan.finishing
