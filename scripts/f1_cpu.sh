@@ -13,6 +13,7 @@
 # what is left of TIME (the sweep's --time-limit); a run still going at the limit pauses in its checkpoint
 # (results/f1/checkpoints/, not committed) and the next call continues it. The plan is printed first.
 set -euo pipefail
+{  # the whole script is read before it runs: editing the checkout meanwhile cannot change what runs
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CONFIG=${CONFIG:-configs/f1.toml}
@@ -47,3 +48,5 @@ run() {  # nerepro from the worktree, writing into the checkout's results
 echo "f1-cpu: commit ${commit:0:10}, $CONFIG priorities <= $PRIORITY -> $RESULTS, $WORKERS worker(s) x $THREADS thread(s), for $TIME"
 run --dry-run
 run --time-limit "$TIME"
+exit
+}
