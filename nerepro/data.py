@@ -80,11 +80,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, device: torch.dev
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     root = resolve_data_dir(data_dir)
     display, _, folder = DATASETS[name]
-    if not (root / folder).is_dir():
-        raise DataError(
-            f"{display} not found in {root / folder}: run `nerepro data download {name} --data-dir {root}` "
-            "or point --data-dir / NEREPRO_DATA at a copy"
-        )
+    if problem := missing(name, root):
+        raise DataError(problem)
     if name == "fashion-mnist":
         splits = [_read_fashion_mnist(root, train) for train in (True, False)]
         num_classes = 10

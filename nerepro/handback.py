@@ -15,13 +15,14 @@ if TYPE_CHECKING:
 LIMIT_BYTES = 15 * 2 ** 20  # the most a handed-back file may have
 
 
-def copy_results(source: Path, results: Path) -> int:
-    """A results directory's records, traces, sweep log and report into `results` (not its checkpoints, which
-    belong to its own machine's runs, nor its locks); files already there are kept."""
+def copy_results(source: Path, results: Path, skip: tuple = ("checkpoints", ".locks")) -> int:
+    """A results directory's files into `results`, but not its folders `skip` (by default its checkpoints,
+    which belong to its own machine's runs, and its locks); files already there are kept. Returns the
+    records copied."""
     n = 0
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
-        if not path.is_file() or rel.parts[0] in ("checkpoints", ".locks"):
+        if not path.is_file() or rel.parts[0] in skip:
             continue
         target = results / rel
         if not target.exists():
@@ -32,19 +33,13 @@ def copy_results(source: Path, results: Path) -> int:
 
 
 def unpack(archive: Path, results: Path, work: Path) -> None:
-    """An earlier session's results.tar.gz or checkpoints.tar.gz into the results directory (files there kept)."""
+    """An earlier session's results.tar.gz or checkpoints.tar.gz into the results directory (files there kept;
+    its checkpoints too: RESUME continues the runs they hold)."""
     into = work / "unpacked"
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     if (into / "results").is_dir():
-        copy_all(into / "results", results)
-
-
-def copy_all(source: Path, target: Path) -> None:
-    for path in source.rglob("*"):
-        if path.is_file() and not (target / path.relative_to(source)).exists():
-            (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target / path.relative_to(source))
+        copy_results(into / "results", results, skip=(".locks",))
 
 
 # ---- the hand-back ----------------------------------------------------------------------------------------
