@@ -46,14 +46,16 @@ def unpack(archive: Path, results: Path, work: Path) -> None:
 
 def archive(out: Path, name: str, files: list[tuple[Path, str]], notes: list[str]) -> bool:
     """OUTDIR/NAME of (path, name in the archive), unless it would be over 15 MiB (then nothing, a note)."""
-    path = out / name
-    with tarfile.open(path, "w:gz") as tar:
+    path, part = out / name, out / f"{name}.part"  # written aside, then renamed: a kill mid-write leaves the last
+    with tarfile.open(part, "w:gz") as tar:
         for source, arcname in files:
             tar.add(source, arcname=arcname, recursive=False)
-    if path.stat().st_size > LIMIT_BYTES:
-        notes.append(f"- {name} would have been {path.stat().st_size // 2 ** 20} MiB, over the 15 MiB a file may have")
-        path.unlink()
+    if part.stat().st_size > LIMIT_BYTES:
+        notes.append(f"- {name} would have been {part.stat().st_size // 2 ** 20} MiB, over the 15 MiB a file may have")
+        part.unlink()
+        path.unlink(missing_ok=True)
         return False
+    part.replace(path)
     return True
 
 
@@ -70,26 +72,7 @@ def hand_back(s: Session, args) -> None:
                 p.write_bytes(p.read_bytes()[-2 ** 20:])
         if archive(s.out, "logs.tar.gz", logs, notes):
             notes.append("- logs.tar.gz: logs over 1 MiB cut to their last MiB")
-    results = getattr(s, "results", None)
-    if results is not None and results.is_dir():
-        everything = [(p, "results/" + str(p.relative_to(results))) for p in sorted(results.rglob("*"))
-                      if p.is_file() and p.relative_to(results).parts[0] not in ("checkpoints", ".locks")]
-        if not archive(s.out, "results.tar.gz", everything, notes):
-            since = (s.work / "started").stat().st_mtime
-            new = [(p, a) for p, a in everything if p.stat().st_mtime >= since or p.name == "sweep.log"]
-            if archive(s.out, "results.tar.gz", new, notes):
-                notes.append("- results.tar.gz holds only this session's records and the sweep log")
-        paused = sorted((results / "checkpoints").glob("*.pt")) if (results / "checkpoints").is_dir() else []
-        if paused and args.results:
-            notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints stay in {results}/checkpoints")
-        elif paused:
-            size = sum(p.stat().st_size for p in paused)
-            if size < LIMIT_BYTES and archive(s.out, "checkpoints.tar.gz",
-                                                  [(p, f"results/checkpoints/{p.name}") for p in paused], notes):
-                notes.append(f"- runs paused at the limit: {len(paused)}, in checkpoints.tar.gz (RESUME continues them)")
-            else:
-                notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints ({size // 2 ** 20} MiB) "
-                             "are not handed back, over the 15 MiB a file may have")
+    hand_back_results(s, args, notes)
     for name in ("env.txt",):
         if (s.logs / name).is_file():
             shutil.copy(s.logs / name, s.out / name)
@@ -108,3 +91,29 @@ def hand_back(s: Session, args) -> None:
     s.sections.append(("Hand-back", "\n".join([f"Finished after {s.elapsed():.0f} s of a {s.budget:.0f} s budget.",
                                                "", *notes, *files, "", *tails])))
     s.write_summary()
+
+
+def hand_back_results(s: Session, args, notes: list[str]) -> None:
+    """results.tar.gz (all the results directory's records, else only this session's) and checkpoints.tar.gz
+    (runs paused at the limit, where they fit) into OUTDIR; what did not fit is a note."""
+    results = getattr(s, "results", None)
+    if results is None or not results.is_dir():
+        return
+    everything = [(p, "results/" + str(p.relative_to(results))) for p in sorted(results.rglob("*"))
+                  if p.is_file() and p.relative_to(results).parts[0] not in ("checkpoints", ".locks")]
+    if not archive(s.out, "results.tar.gz", everything, notes):
+        since = (s.work / "started").stat().st_mtime
+        new = [(p, a) for p, a in everything if p.stat().st_mtime >= since or p.name == "sweep.log"]
+        if archive(s.out, "results.tar.gz", new, notes):
+            notes.append("- results.tar.gz holds only this session's records and the sweep log")
+    paused = sorted((results / "checkpoints").glob("*.pt")) if (results / "checkpoints").is_dir() else []
+    if paused and args.results:
+        notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints stay in {results}/checkpoints")
+    elif paused:
+        size = sum(p.stat().st_size for p in paused)
+        if size < LIMIT_BYTES and archive(s.out, "checkpoints.tar.gz",
+                                              [(p, f"results/checkpoints/{p.name}") for p in paused], notes):
+            notes.append(f"- runs paused at the limit: {len(paused)}, in checkpoints.tar.gz (RESUME continues them)")
+        else:
+            notes.append(f"- runs paused at the limit: {len(paused)}; their checkpoints ({size // 2 ** 20} MiB) "
+                         "are not handed back, over the 15 MiB a file may have")

@@ -20,9 +20,10 @@ OUTDIR (at most 8 files, none over 15 MiB, the logs first). In order:
    finish (`nerepro sweep --runs`), under a --time-limit of what the rows need. The sweep itself starts a
    pack only if its bound fits the time left, and never one of unknown time after a pack did not fit.
 4. Benchmarks, where a user's GPU-hours go (BENCHMARKS: C1 at B = 5000 compiled and eager, C1 at B = 100
-   eager and with CUDA graphs, C2), each under its cap, in what the sweep left.
+   eager and with CUDA graphs, C2), each under its cap, in what the sweep left; one whose least time is not
+   left is skipped for the next.
 5. The other GPU tests and the smoke (scripts/gpu_smoke.py), in what is left.
-6. The hand-back.
+6. The hand-back (results.tar.gz also right after the sweep; a SIGTERM stops the steps and hands back).
 """
 
 from __future__ import annotations
@@ -41,34 +42,40 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .handback import copy_results, hand_back, unpack
+from .handback import copy_results, hand_back, hand_back_results, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 HANDBACK_S = 10.0           # kept for the hand-back at the end of the budget
+STOP_S = 4.0                # a step stopped at its limit: SIGTERM, 2 s, SIGKILL, 2 s (`stop`)
 SWEEP_START_S = 12.0        # the sweep's interpreter and torch, before its --time-limit counts
 SESSION_START_S = 15.0      # the session's own interpreter, torch, the data check and the copy of results/f1
 # The gate: float64 packs against runs alone on CUDA (decisive), and fp32's first steps (one short check)
 GATE_TESTS = ("test_cuda_pack_is_its_runs_alone_in_float64 or "
               "(test_cuda_pack_first_steps_in_each_precision and fp32)")
 GATE_S = 60.0  # its interpreter (about 10 s there), CUDA, four tests; never timed on a GPU: room to spare
-# (name, cap in seconds, `nerepro bench` arguments): most needed first. C1 is 75% of the paper's training
-# FLOP, almost all of it at large B; CUDA graphs decide C1's small-B runs, which launches bound.
+# (name, cap in seconds, the least time in which it can give its figure, `nerepro bench` arguments): most needed
+# first; one whose least time is more than what is left is skipped for the next. C1 is 75% of the paper's
+# training FLOP, almost all of it at large B; CUDA graphs decide C1's small-B runs, which launches bound. The
+# least times are guesses (an interpreter's start, about 10 s there, and inductor's compile) until a lease
+# times them.
 BENCHMARKS = (
-    ("c1-b5000-fp32-compiled", 120, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 --compile default"),
-    ("c1-b5000-bf16-compiled", 120, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 --compile default "
+    ("c1-b5000-fp32-compiled", 120, 75, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 "
+                                        "--compile default"),
+    ("c1-b5000-bf16-compiled", 120, 75, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 "
+                                        "--compile default --precision bf16"),
+    ("c1-b5000-fp32-eager", 60, 30, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 2 --compile off"),
+    ("c1-b5000-bf16-eager", 60, 30, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 2 --compile off "
                                     "--precision bf16"),
-    ("c1-b5000-fp32-eager", 60, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 2 --compile off"),
-    ("c1-b5000-bf16-eager", 60, "--network C1 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 2 --compile off "
-                                "--precision bf16"),
-    ("c1-b100-eager", 45, "--network C1 --batch-size 100 --alpha 1 --steps 200 --warmup 20 --compile off"),
-    ("c1-b100-graphs", 120, "--network C1 --batch-size 100 --alpha 1 --steps 200 --warmup 30 "
-                            "--compile reduce-overhead"),
-    ("c2-b600-compiled", 120, "--network C2 --batch-size 600 --alpha 1 --steps 50 --warmup 5 --compile default"),
-    ("c2-b5000-compiled", 120, "--network C2 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 --compile default"),
-    ("f1-b2000-pack10", 45, "--network F1 --batch-size 2000 --alpha 1.5 --steps 100 --warmup 10 --pack 10"),
+    ("c1-b100-eager", 45, 25, "--network C1 --batch-size 100 --alpha 1 --steps 200 --warmup 20 --compile off"),
+    ("c1-b100-graphs", 120, 80, "--network C1 --batch-size 100 --alpha 1 --steps 200 --warmup 30 "
+                                "--compile reduce-overhead"),
+    ("c2-b600-compiled", 120, 75, "--network C2 --batch-size 600 --alpha 1 --steps 50 --warmup 5 --compile default"),
+    ("c2-b5000-compiled", 120, 75, "--network C2 --batch-size 5000 --alpha 1.5 --steps 10 --warmup 3 "
+                                   "--compile default"),
+    ("f1-b2000-pack10", 45, 20, "--network F1 --batch-size 2000 --alpha 1.5 --steps 100 --warmup 10 --pack 10"),
 )
-REHEARSAL_BENCHMARKS = (("f1-b100-pack2", 30, "--network F1 --batch-size 100 --alpha 1.5 --steps 5 --warmup 1 "
-                                              "--pack 2"),)
+REHEARSAL_BENCHMARKS = (("f1-b100-pack2", 30, 10, "--network F1 --batch-size 100 --alpha 1.5 --steps 5 --warmup 1 "
+                                                  "--pack 2"),)
 
 
 # ---- decisions (each tested on the CPU) ---------------------------------------------------------------------
@@ -114,6 +121,12 @@ def gate_decision(rc: int | None, output: str) -> tuple[bool, str]:
     if not passed or re.search(r"skipped|failed|error|xfail|xpass|no tests", last):
         return False, f"the gate did not pass cleanly ({last.strip('= ') or 'no summary line'})"
     return True, f"the gate passed ({last.strip('= ')})"
+
+
+def gate_seconds(args) -> float:
+    """What the plan keeps for the gate: its limit where one runs (CUDA, --pack auto, the gate among the stages)."""
+    runs = args.device != "cpu" and getattr(args, "pack", "auto") == "auto" and "gate" in getattr(args, "stages", ["gate"])
+    return args.gate_s if runs else 0.0
 
 
 def sweep_seconds(budget: float, elapsed: float, gate_s: float) -> float:
@@ -165,12 +178,12 @@ class Session:
         self.write_summary()
         return step
 
-    def run(self, name: str, cmd: list[str], limit: float, note: str = "") -> Step:
+    def run(self, name: str, cmd: list[str], limit: float, note: str = "", needs: float = 3.0) -> Step:
         """CMD under a timeout of at most `limit` seconds and the time left (its process group killed at the
-        limit), logged to logs/NAME.log; a row of the summary."""
-        limit = min(limit, self.left() - 3)
-        if limit < 3:
-            return self.row(name, "skipped: no time left")
+        limit), logged to logs/NAME.log; a row of the summary. Skipped where less than `needs` seconds are left."""
+        limit = min(limit, self.left() - STOP_S)
+        if limit < needs:
+            return self.row(name, f"skipped: {max(0.0, limit):.0f} s left, it needs {needs:.0f} s")
         t0, log = time.time(), self.logs / f"{name}.log"
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
@@ -181,6 +194,10 @@ class Session:
             except subprocess.TimeoutExpired:
                 stop(proc)
                 rc, status = None, f"stopped at its {limit:.0f} s limit"
+            except BaseException:  # the session stopped (SIGTERM, Ctrl-C): so is its step, then the hand-back
+                stop(proc)
+                self.row(name, "stopped with the session", seconds=time.time() - t0, at=t0 - self.started)
+                raise
         output = log.read_text(errors="replace")
         return self.row(name, status + (f"; {note}" if note else ""), seconds=time.time() - t0, at=t0 - self.started,
                         rc=rc, output=output)
@@ -245,10 +262,18 @@ def run_session(args) -> int:
            "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     device = args.device
     s = Session(out, args.seconds, args.started, device, work, env, python=args.python)
+    for i, archive in enumerate(args.resume):  # RESUME may name an earlier session's files in OUTDIR itself
+        (work / "resume" / str(i)).mkdir(parents=True)
+        args.resume[i] = Path(shutil.copy(archive, work / "resume" / str(i) / archive.name))
     for name in ("logs.tar.gz", "results.tar.gz", "checkpoints.tar.gz", "env.txt", "bench.jsonl", "smoke.jsonl"):
-        (out / name).unlink(missing_ok=True)  # an earlier session's (RESUME has read them by now)
+        (out / name).unlink(missing_ok=True)  # an earlier session's
     s.head = session_head(args, device, commit_of(env))
     s.write_summary()
+
+    def terminated(signum, frame):
+        raise Terminated(f"{signal.Signals(signum).name} after {s.elapsed():.0f} s")
+
+    previous = signal.signal(signal.SIGTERM, terminated)  # a kill from outside still gets the hand-back
     try:
         _run(s, args)
     except Exception as e:  # noqa: BLE001 - whatever broke, the hand-back still comes, saying what broke
@@ -257,11 +282,17 @@ def run_session(args) -> int:
         s.head.insert(0, f"**The session stopped early: {type(e).__name__}: {e}** (traceback below).\n")
         s.sections.append(("Traceback", f"```\n{traceback.format_exc()}```"))
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the hand-back short
         for child in s.children:
             stop(child)
         hand_back(s, args)
         shutil.rmtree(work, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(Exception):
+    """The session was sent SIGTERM (a timeout around it): its steps are stopped and the hand-back written."""
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -270,12 +301,12 @@ def stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=STOP_S / 2)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+                proc.wait(timeout=STOP_S / 2)
 
 
 def _run(s: Session, args) -> None:
@@ -337,14 +368,15 @@ def _run(s: Session, args) -> None:
     if plans is not None:
         plan = plans["on" if packs else "off"]
         sweep(s, args, plan, packs, results)
+        hand_back_results(s, args, [])  # the records in OUTDIR now: a kill (SIGKILL) later cannot lose them
     else:
         s.row("sweep", "not asked for (STAGES)")
 
     # 4. benchmarks, one at a time on the idle device
     if "bench" in args.stages:
-        for name, cap, flags in (REHEARSAL_BENCHMARKS if s.device == "cpu" else BENCHMARKS):
+        for name, cap, needs, flags in (REHEARSAL_BENCHMARKS if s.device == "cpu" else BENCHMARKS):
             step = s.run(f"bench-{name}", [s.python, "-m", "nerepro", "bench", "--device", s.device, "--json",
-                                           *flags.split()], cap)
+                                           *flags.split()], cap, needs=needs)
             with open(s.work / "bench.jsonl", "a") as f:
                 f.writelines(line + "\n" for line in step.output.splitlines() if line.startswith("{"))
     else:
@@ -372,7 +404,7 @@ def plan_both(args, results: Path) -> dict:
     if args.tflops:
         device = dataclasses.replace(device, tflops=args.tflops)
     runs, priority = planned_runs(args.configs, args.seeds, ["F1"], results)
-    seconds = sweep_seconds(args.seconds, time.time() - args.started, args.gate_s if args.device != "cpu" else 0.0)
+    seconds = sweep_seconds(args.seconds, time.time() - args.started, gate_seconds(args))
     off = plan_lease(runs, seconds, 1, priority, device)
     return {"on": plan_lease(runs, seconds, args.max_pack, priority, device) if args.device != "cpu" else off,
             "off": off}
@@ -499,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         args.results_from = Path(args.results_from).resolve()
     if args.command == "plan":
         return print_plan(args)
+    if missing := next((a for a in args.resume if not a.is_file()), None):
+        print(f"error: --resume {missing} is not a file: give an earlier session's results.tar.gz or "
+              "checkpoints.tar.gz", file=sys.stderr)
+        return 2
     args.configs = args.configs or [REPO / "configs" / "f1.toml"]
     args.started = args.started or time.time()
     args.stages = args.stages.split()
@@ -519,7 +555,7 @@ def print_plan(args) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    gate_s = args.gate_s if args.device != "cpu" else 0.0
+    gate_s = gate_seconds(args)
     seconds = sweep_seconds(args.seconds, SESSION_START_S, gate_s)
     rates = [device] if args.device == "cpu" else [device, dataclasses.replace(device, tflops=PESSIMISTIC_TFLOPS)]
     print(f"A lease of {args.seconds:.0f} s: the sweep can have {seconds:.0f} s (after the session's start, the gate "

@@ -2,8 +2,10 @@
 before the next lease: its data check, its gate (fail closed), the rows-first plan it gives the sweep
 (nerepro/lease_plan.py) and the sweep's rule that no pack starts that would be paused."""
 
+import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -19,7 +21,7 @@ from nerepro.cost import STEPS_MARGIN, Throughput, estimated_steps
 from nerepro.lease_plan import (CPU, H100, PESSIMISTIC_TFLOPS, ROWS, lease_order, plan_lease, planned_runs, row_of,
                                 simulate, training_window)
 from nerepro.results import ResultsDir
-from nerepro.session import GATE_TESTS, find_data, gate_decision, main
+from nerepro.session import GATE_TESTS, Session, find_data, gate_decision, gate_seconds, main
 from nerepro.sweep import Schedule, form_packs
 
 SCRIPT = str(REPO / "scripts" / "gpu_session.sh")
@@ -136,6 +138,88 @@ def test_no_handed_back_file_is_over_15_mib(tmp_path, fake_python):
     assert "results.tar.gz holds only this session's records" in summary
     with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:
         assert not [n for n in tar.getnames() if n.endswith(".json")]  # the big one was not this session's
+
+
+def test_a_session_killed_by_sigterm_stops_its_steps_and_hands_back(tmp_path, fake_python):
+    source = tmp_path / "f1"
+    (source / "runs").mkdir(parents=True)
+    (source / "runs" / "F1-a1-b900-s0-x.json").write_text("{}")
+    args, out = tmp_path / "args", tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": "", "PYTHON": fake_python, "DEVICE": "cuda", "STAGES": "gate", "GATE_S": "60",
+           "FAKE_PYTEST": "4 passed in 60.00s", "FAKE_RC": "0", "FAKE_SLEEP": "60", "FAKE_ARGS": str(args),
+           "RESULTS_FROM": str(source), "NEREPRO_DATA": str(write_fashion_mnist(tmp_path / "data"))}
+    proc = subprocess.Popen([SCRIPT, str(out), "120"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while not args.exists() and time.time() < deadline:  # the gate (a scripted pytest sleeping 60 s) has started
+        time.sleep(0.2)
+    proc.terminate()
+    start = time.time()
+    assert proc.wait(timeout=20) == 0, proc.stdout.read()
+    assert time.time() - start < 8  # the gate stopped, not waited for
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("**The session stopped early: Terminated: SIGTERM after "), summary
+    assert "## Hand-back" in summary
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert "results/runs/F1-a1-b900-s0-x.json" in tar.getnames()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_resume_may_name_the_archives_of_an_earlier_session_in_the_same_outdir(tmp_path, fake_python):
+    source = tmp_path / "f1"
+    (source / "runs").mkdir(parents=True)
+    (source / "runs" / "F1-a1.5-b2000-s3-x.json").write_text("{}")
+    out, data = tmp_path / "out", str(write_fashion_mnist(tmp_path / "data"))
+    session(out, 30, 30, PYTHON=fake_python, STAGES="", RESULTS_FROM=str(source), NEREPRO_DATA=data)
+    summary = session(out, 30, 30, PYTHON=fake_python, STAGES="", RESULTS_FROM="none", NEREPRO_DATA=data,
+                      RESUME=str(out / "results.tar.gz"))  # the file the second session replaces
+    assert "| resume-results.tar.gz | unpacked |" in summary, summary
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert "results/runs/F1-a1.5-b2000-s3-x.json" in tar.getnames()
+    missing = subprocess.run([SCRIPT, str(tmp_path / "out2"), "30"], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "PYTHONPATH": "", "PYTHON": sys.executable,
+                                  "RESUME": str(tmp_path / "nowhere.tar.gz")})
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nowhere.tar.gz is not a file" in \
+        missing.stderr, missing.stderr
+
+
+def test_a_step_that_cannot_finish_in_the_time_left_is_skipped_for_the_next(tmp_path):
+    (tmp_path / "logs").mkdir()
+    s = Session(tmp_path, 40.0, time.time(), "cpu", tmp_path, dict(os.environ))  # 30 s before the hand-back
+    assert s.run("compiled", [sys.executable, "-c", "pass"], 120, needs=60).status.startswith("skipped: ")
+    assert "it needs 60 s" in s.steps[-1].status
+    assert s.run("eager", [sys.executable, "-c", "pass"], 60, needs=10).status == "exit 0"
+
+
+def test_a_step_running_when_the_session_stops_is_stopped_with_it(tmp_path):
+    (tmp_path / "logs").mkdir()
+    s = Session(tmp_path, 100.0, time.time(), "cpu", tmp_path, dict(os.environ))
+    pidfile = tmp_path / "pid"
+
+    def alarm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            s.run("sweep", ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], 80)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
+        os.kill(int(pidfile.read_text()), 0)
+    assert s.steps[-1].status == "stopped with the session"
+
+
+@pytest.mark.parametrize("device, pack, stages, kept", [
+    ("cuda", "auto", ["gate", "sweep"], 60.0),
+    ("cuda", "on", ["gate", "sweep"], 0.0),   # no gate runs: its time goes to the sweep
+    ("cuda", "off", ["gate", "sweep"], 0.0),
+    ("cuda", "auto", ["sweep", "bench"], 0.0),
+    ("cpu", "auto", ["gate", "sweep"], 0.0),
+])
+def test_the_plan_keeps_time_for_the_gate_only_where_one_runs(device, pack, stages, kept):
+    assert gate_seconds(argparse.Namespace(device=device, pack=pack, stages=stages, gate_s=60.0)) == kept
 
 
 FAKE_PYTHON = """#!/bin/sh
