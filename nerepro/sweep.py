@@ -175,12 +175,14 @@ def run_pack(cfgs: list[RunConfig], results: ResultsDir, cache: DataCache, on_ev
                                                  f"{len(retry)} runs retry in a fresh worker, "
                                                  f"{len(rest) - len(retry)} failed their retry (error records)"})
             elif len(cfgs) > 1:
-                alone = rest
+                alone = rest if deadline is None else []  # under a deadline the sweep's Schedule decides (give_back)
                 for cfg in rest:
                     results.log(f"pack-failed:{type(e).__name__}", cfg.run_id)
                 if on_event:
+                    then = "continue alone" if deadline is None else \
+                        "go back to the sweep's queue, each to run alone if its time fits"
                     on_event("note", {"message": f"a pack of {len(cfgs)} failed ({reason}); its {len(rest)} "
-                                                 "unfinished runs continue alone (--pack off avoids packs)"})
+                                                 f"unfinished runs {then} (--pack off avoids packs)"})
             else:
                 for cfg in rest:
                     deliver(error_record(cfg, e, cfg.device))
@@ -308,6 +310,14 @@ class Schedule:
                   for c in self.kinds.values() if self.throughput.measured(c)]
         return max([1.0, *ratios])
 
+    def give_back(self, unit: list[RunConfig], records: list[dict]) -> None:
+        """The runs of a pack of several that did not end (the pack failed under the deadline; or they were paused
+        at it, or another sweep held them) back at the front of the queue, each alone, for `fits` to decide:
+        a failed pack's runs take no time they do not have. A run alone is never given back."""
+        ended = {r["run_id"] for r in records}
+        if len(unit) > 1:
+            self.queue[0:0] = [[cfg] for cfg in unit if cfg.run_id not in ended]
+
     def next(self) -> list[RunConfig] | None:
         for i, unit in enumerate(self.queue):
             if self.fits(unit):
@@ -409,8 +419,10 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
         schedule = Schedule(units, deadline, throughput, planned)
         try:
             while (unit := schedule.next()) is not None:
-                done(claim_and_run([dataclasses.replace(cfg, device=names[0]) for cfg in unit], results, cache,
-                                   on_event, checkpoint_every_s, deadline=deadline))
+                records = claim_and_run([dataclasses.replace(cfg, device=names[0]) for cfg in unit], results, cache,
+                                        on_event, checkpoint_every_s, deadline=deadline)
+                done(records)
+                schedule.give_back(unit, records)
             return finished
         except BrokenContext as e:
             done(e.records)
@@ -452,7 +464,9 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
                 _drain(event_queue, on_event, queue.Empty)
                 for fut in ready:
                     try:
-                        done(fut.result())
+                        records = fut.result()
+                        done(records)
+                        schedule.give_back(running[fut], records)
                     except BrokenProcessPool:
                         raise
                     except Exception as e:  # noqa: BLE001 - e.g. a record that could not be written
@@ -591,6 +605,7 @@ def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_pe
                 records = {cfg.run_id: error_record(cfg, e) for cfg in unit}
             for cfg in unit:
                 write(cfg, records.get(cfg.run_id))
+            schedule.give_back(unit, list(records.values()))
 
 
 def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", pack: str = "off",

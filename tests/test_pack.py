@@ -361,6 +361,57 @@ def test_a_failing_pack_lets_its_runs_continue_alone(data, tmp_path, monkeypatch
     assert results.log_path.read_text().count("pack-failed:RuntimeError") == 2
 
 
+def test_under_a_deadline_a_failed_packs_runs_go_back_to_the_schedule_alone(data, tmp_path, monkeypatch):
+    """In a time-limited sweep a failed pack's runs do not restart alone whatever the time left: they go back
+    to the sweep's queue, each alone, and start only if their bound fits (sweep.Schedule.give_back)."""
+    import importlib
+    import time
+
+    from nerepro.cost import Throughput
+    from nerepro.results import ResultsDir, read_record
+    from nerepro.sweep import Schedule, run_local
+
+    train_module = importlib.import_module("nerepro.train")
+    real, calls = train_module.pack_objective, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 25:
+            raise RuntimeError("batched matmul failed")
+        return real(*args, **kwargs)
+
+    class Cache:
+        def __init__(self, *args):
+            pass
+
+        def get(self, cfg, device):
+            return data
+
+    monkeypatch.setattr(train_module, "pack_objective", flaky)
+    monkeypatch.setattr("nerepro.sweep.DataCache", Cache)
+    runs = [cfg(1.5, s, max_steps=60) for s in (0, 1)]
+    results = ResultsDir(tmp_path / "r")
+    results.prepare()
+    notes = []
+    deadline = time.time() + 600
+    planned = {r.run_id: 60.0 for r in runs}  # each fits the time left
+    records = run_local([runs], results, device="cpu", workers_per_device=1, checkpoint_every_s=0,
+                        deadline=deadline, planned=planned, on_event=lambda kind, info: notes.append((kind, info)))
+    assert sorted(r["run_id"] for r in records) == sorted(r.run_id for r in runs)
+    for run in runs:
+        record = read_record(results.runs / f"{run.run_id}.json")
+        assert record["status"] != "error" and record["pack_size"] == 1 and record["resumes"] == 1
+        assert_same_run(record, train(run, data=data))
+    assert any(kind == "note" and "go back to the sweep's queue" in info["message"] for kind, info in notes)
+
+    schedule = Schedule([runs], deadline, Throughput(), {r.run_id: 900.0 for r in runs})  # beyond the deadline
+    schedule.queue.clear()
+    schedule.give_back(runs, [])
+    assert [u[0].run_id for u in schedule.queue] == [r.run_id for r in runs] and schedule.next() is None
+    schedule.give_back(runs[:1], [])  # a run alone is never given back
+    assert len(schedule.queue) == 2
+
+
 def test_a_pack_dispatches_fewer_operations_per_run_step(data):
     """What a pack saves on a launch-bound GPU (README, 'Packs'), counted on the CPU by scripts/count_ops.py:
     the operations of a step, optimizer apart, must not grow with each run as they would one run at a time
