@@ -16,7 +16,7 @@ OUTDIR (at most 8 files, none over 15 MiB, the logs first). In order:
    gate: the float64 CUDA test of packs against runs alone and one short fp32 check (GATE_TESTS), under a
    limit counted from its interpreter's start; packs are used only if it passed (`gate_decision`).
 3. The sweep: the rows first (lease_plan.ROWS: Table 2's and Table 3's F1 rows under the default reading,
-   then Table 2's under the step reading), then the rest by priority; only the runs the plan expects to
+   then Table 2's under the Eq. (1) reading), then the rest by priority; only the runs the plan expects to
    finish (`nerepro sweep --runs`), under a --time-limit of what the rows need. The sweep itself starts a
    pack only if its bound fits the time left, and never one of unknown time after a pack did not fit.
 4. Benchmarks, where a user's GPU-hours go (BENCHMARKS: C1 at B = 5000 compiled and eager, C1 at B = 100

@@ -3,7 +3,7 @@
 #
 #   scripts/f1_cpu.sh                    priority 1 of configs/f1.toml (Table 2's F1 rows, default reading) into
 #                                        results/f1 for 2 h, then stop; run it again to continue
-#   TIME=5h PRIORITY=2 scripts/f1_cpu.sh the step reading's rows too, for 5 hours
+#   TIME=5h PRIORITY=2 scripts/f1_cpu.sh the Eq. (1) reading's rows too, for 5 hours
 #   WORKERS=1 scripts/f1_cpu.sh          one single-threaded run at a time (a core left for other work)
 #
 # The sweep runs the code of the checkout's HEAD commit from its own worktree (.worktrees/f1-cpu-<commit>),

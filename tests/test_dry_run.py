@@ -178,14 +178,15 @@ def test_dry_run_on_gpus_packs_and_shares_the_time_among_devices():
 
 
 def test_f1_dry_run_names_each_prioritys_readings(tmp_path):
-    """configs/f1.toml: the default reading's Table 2 rows first, their step reading second (a lease runs it next)."""
+    """configs/f1.toml: the default reading's Table 2 rows first, their Eq. (1) reading second (a lease runs it after
+    Table 3's default row)."""
     lines = dry_run(REPO / "configs" / "f1.toml", "--results", tmp_path / "r", "--tflops", "F1=2")
     rows = table(lines)
-    assert [(r[1], r[-1]) for r in rows[:3]] == [("1", "keras"), ("2", "step"), ("3", "keras")]
+    assert [(r[1], r[-1]) for r in rows[:3]] == [("1", "keras"), ("2", "eq1"), ("3", "keras")]
     plan = load_plan([REPO / "configs" / "f1.toml"])
     second = [c for p, c in plan if p == 2]
     assert {(c.alpha, c.batch_size) for c in second} == {(1.0, 900), (1.5, 2000)} and len(second) == 20
-    assert all(c.stop_loss == "step" and c.check_every == 1 and c.trace for c in second)
+    assert all(c.stop_loss == "full" and c.check_every == 50 and c.trace for c in second)
 
 
 def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_observed_steps(tmp_path):

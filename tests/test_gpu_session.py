@@ -20,6 +20,7 @@ from nerepro.config import RunConfig
 from nerepro.cost import STEPS_MARGIN, Throughput, estimated_steps
 from nerepro.lease_plan import (CPU, H100, PESSIMISTIC_TFLOPS, ROWS, lease_order, plan_lease, planned_runs, row_of,
                                 simulate, training_window)
+from nerepro.plan import reading_name
 from nerepro.results import ResultsDir
 from nerepro.session import GATE_TESTS, Session, find_data, gate_decision, gate_seconds, main
 from nerepro.sweep import Schedule, form_packs
@@ -281,10 +282,11 @@ def test_the_lease_takes_the_rows_first_whatever_the_configs_priorities():
     runs, priority = f1_rows(seeds=2)
     order = lease_order(runs, priority)
     rows = [row_of(c) for c in order[:2 * len(ROWS)]]
-    assert rows == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # Table 3's default row (priority 3) before the step rows (2)
+    assert rows == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # Table 3's default row (priority 3) before the Eq. (1) rows (2)
     assert all(row_of(c) is None for c in order[2 * len(ROWS):])
     assert [c.seed for c in order[:2]] == [0, 1]
-    assert ROWS[2][0].startswith("Table 3") and "default" in ROWS[2][0] and "step" in ROWS[3][0]
+    assert ROWS[2][0].startswith("Table 3") and "default" in ROWS[2][0] and "Eq. (1)" in ROWS[3][0]
+    assert [(reading_name(c), c.alpha, c.batch_size) for c in order[6:10:2]] == [("eq1", 1.0, 900), ("eq1", 1.5, 2000)]
 
 
 def test_a_540_s_lease_finishes_table_2_and_3_at_the_planned_rate():

@@ -128,21 +128,25 @@ def test_priorities_order_the_plan(tmp_path):
 
 
 def test_f1_config_puts_the_headline_rows_first():
-    """configs/f1.toml: Table 2's rows under the default reading, then under the step reading, then Table 3's row,
-    then the other readings of those rows, then the rest of the F1 grid; the first rows traced."""
+    """configs/f1.toml: Table 2's rows under the default reading, then under the Eq. (1) reading, then Table 3's
+    row, then the per-step readings of those rows, then the other readings, then the rest of the F1 grid; the
+    first rows traced."""
     plan = load_plan([CONFIGS / "f1.toml"])
     points = [(p, c.alpha, c.batch_size, c.effective_stop_loss, c.effective_sampling) for p, c in plan]
     keras = ("ne_epoch_mean", "paired")  # the default reading; at alpha = 1 epoch_mean and epoch
     assert {pt[1:] for pt in points[:20]} == {(1.0, 900, "epoch_mean", "epoch"), (1.5, 2000, *keras)}  # Table 2
-    assert {pt[1:] for pt in points[20:40]} == {(1.0, 900, "step", "epoch"), (1.5, 2000, "step", "paired")}
-    assert {pt[1:] for pt in points[40:50]} == {(3.0, 5000, *keras)}  # Table 3
-    assert all(c.effective_adam_update == "keras" and c.trace for _, c in plan[:50])
-    assert all(c.check_every == "epoch" for _, c in plan[:20] + plan[40:50])
-    assert all(c.check_every == 1 for _, c in plan[20:40])
-    assert {(pt[0], pt[3]) for pt in points[50:90]} == {(4, "running"), (4, "step")}
-    eq1 = [c for _, c in plan[90:120]]  # then the Eq. (1) reading of those three rows
+    eq1 = [c for _, c in plan[20:40]]  # then Table 2's rows under the Eq. (1) reading
     assert {(c.alpha, c.batch_size, c.check_every, c.stop_loss, c.sampling, c.adam_update) for c in eq1} == \
-        {(a, b, 50, "full", "independent", "pytorch") for a, b in ((1.0, 900), (1.5, 2000), (3.0, 5000))}
+        {(a, b, 50, "full", "independent", "pytorch") for a, b in ((1.0, 900), (1.5, 2000))}
+    assert {pt[1:] for pt in points[40:50]} == {(3.0, 5000, *keras)}  # Table 3
+    assert all(c.effective_adam_update == "keras" for _, c in plan[:20] + plan[40:50])
+    assert all(c.trace for _, c in plan[:50])
+    assert all(c.check_every == "epoch" for _, c in plan[:20] + plan[40:50])
+    steps = {(pt[0], pt[1], pt[2], pt[3]) for pt in points[50:110]}  # the per-step readings of all three rows
+    rows = ((1.0, 900), (1.5, 2000), (3.0, 5000))
+    assert steps == {(4, a, b, reading) for a, b in rows for reading in ("step", "running")}
+    assert all(c.check_every == 1 for _, c in plan[50:110])
+    assert {(p, c.alpha, c.batch_size, c.stop_loss) for p, c in plan[110:120]} == {(5, 3.0, 5000, "full")}
     assert {pt[1:3] for pt in points[120:530]} == {(1.0, 900), (1.5, 2000), (3.0, 5000)}  # their other readings
     assert {p for p, *_ in points[530:]} == {8} and len(points) == 860
     f1 = {c.run_id for c in load_grid([CONFIGS / "paper.toml"]) if c.network == "F1"}
