@@ -60,7 +60,11 @@ def estimated_samples(cfg: RunConfig, reference: dict | None = None) -> int:
 class Throughput:
     """Seconds a run should take at the speed measured on the runs finished so far in this sweep: from the
     steps per second of runs at the same (network, B, alpha != 1, and whether L(w) is checked: full passes
-    cost steps) where one finished; else the larger of
+    cost steps) where one finished; else, where runs of the same (network, B, alpha != 1) finished under
+    another reading, their steps' time without their loss checks plus, for a run that checks L(w), the
+    checks' time per step of the network's runs that checked it as often (a check that can no longer pass
+    stops early, so its time per step depends on the trajectory more than on B; none measured: the guess
+    below); else the larger of
     two guesses from the network's other runs, at their steps per second (right where steps cost the same
     whatever B, as on a GPU that launch overhead bounds) and at their samples per second (right where
     cost grows with B, as on a CPU); else unknown (None).
@@ -72,6 +76,9 @@ class Throughput:
     def __init__(self, fastest: bool = False, observed: dict | None = None):
         self.fastest, self.observed = fastest, observed or {}
         self.steps, self.samples = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0, 0.0])
+        # (network, B, NE) -> [steps, seconds without loss checks]; (network, check_every) -> [steps, seconds of
+        # L(w) checks]
+        self.training, self.checks = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0.0])
 
     def add(self, record: dict) -> None:
         seconds = record.get("wall_s")
@@ -79,9 +86,12 @@ class Throughput:
             return  # a resumed run's wall time covers segments this sweep did not see
         key = (record["network"], record["batch_size"], record["alpha"] != 1, record.get("stop_loss", "full") == "full")
         network = self.samples[record["network"]]
+        check_s = min(seconds, record.get("check_s") or 0.0)
+        self._keep(self.training[key[:3]], record["steps"], seconds - check_s)
+        if key[3] and check_s:
+            self._keep(self.checks[record["network"], record.get("check_every")], record["steps"], check_s)
         if self.fastest:  # keep the fastest run of each key (steps / seconds largest)
-            if not self.steps[key][0] or record["steps"] / seconds > self.steps[key][0] / self.steps[key][1]:
-                self.steps[key] = [record["steps"], seconds]
+            self._keep(self.steps[key], record["steps"], seconds)
             if not network[0] or record["samples_processed"] / seconds > network[1] / network[2]:
                 network[:] = [record["steps"], record["samples_processed"], seconds]
             return
@@ -95,10 +105,24 @@ class Throughput:
         """The run's expected steps: the mean of its row's finished runs under its reading, else the estimate."""
         return self.observed.get(row_key(cfg), estimated_steps(cfg))
 
+    def _keep(self, entry: list, steps: int, seconds: float) -> None:
+        """Add a run's steps and seconds to a [steps, seconds] entry: pooled, or with `fastest` the run with the
+        most steps a second."""
+        if not self.fastest:
+            entry[0] += steps
+            entry[1] += seconds
+        elif seconds > 0 and (not entry[0] or steps * entry[1] > entry[0] * seconds):
+            entry[:] = [steps, seconds]
+
     def seconds(self, cfg: RunConfig) -> float | None:
-        steps, s = self.steps.get(self.kind(cfg), (0, 0.0))
+        kind = self.kind(cfg)
+        steps, s = self.steps.get(kind, (0, 0.0))
         if steps:
             return self.run_steps(cfg) * s / steps
+        steps, s = self.training.get(kind[:3], (0, 0.0))
+        checked, check_s = self.checks.get((cfg.network, cfg.check_every), (0, 0.0))
+        if steps and s > 0 and (checked or not kind[3]):  # the row under another reading, and the checks' time
+            return self.run_steps(cfg) * (s / steps + (check_s / checked if kind[3] else 0.0))
         steps, samples, s = self.samples.get(cfg.network, (0, 0, 0.0))
         run_samples = self.run_steps(cfg) * cfg.samples_per_step(n_train(cfg))
         return max(self.run_steps(cfg) / steps, run_samples / samples) * s if steps else None
@@ -210,11 +234,13 @@ def estimated_flop(cfg: RunConfig, reference: dict | None = None) -> float:
     return estimated_samples(cfg, reference) * flop_per_sample(cfg.network)
 
 
-def measured_throughput(records: list[dict], fastest: bool = False) -> Throughput:
+def measured_throughput(records: list[dict], fastest: bool = False,
+                        steps_from: list[dict] | None = None) -> Throughput:
     """A Throughput from finished records, each run charged its share of its pack's wall time (a packed run's
     `wall_s` is the pack's), so that the seconds it gives add up to device time across runs; with `fastest`,
-    each key at its fastest run's speed, and each run's steps from its row's finished runs (Throughput)."""
-    throughput = Throughput(fastest, observed_steps(records) if fastest else None)
+    each key at its fastest run's speed, and each run's steps from its row's finished runs (Throughput) among
+    `steps_from` (default: `records`; a row takes its steps on any device, at its own speed on each)."""
+    throughput = Throughput(fastest, observed_steps(records if steps_from is None else steps_from) if fastest else None)
     for record in records:
         if record.get("wall_s"):
             record = {**record, "wall_s": record["wall_s"] / max(1, record.get("pack_size") or 1)}

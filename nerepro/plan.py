@@ -103,7 +103,7 @@ def planning_throughput(records: list[dict], slots: list[str] | None, threads: i
     """(Throughput, the records it is from) for a plan on `slots`: the finished records of this machine's kind
     of device (cpu or cuda). On a CPU, each worker has a core to itself: records of the planned thread count
     where there are any, each row at its fastest run's speed, and each run's steps from its row's finished
-    runs (a record made beside other work is slower than the sweep will be)."""
+    runs on any device (a record made beside other work is slower than the sweep will be)."""
     from .cost import measured_throughput
 
     kind = slots[0].split(":")[0] if slots else None
@@ -112,7 +112,7 @@ def planning_throughput(records: list[dict], slots: list[str] | None, threads: i
     if kind == "cpu":
         threads = threads or max(1, (os.cpu_count() or 1) // len(slots))
         timed = [r for r in timed if (r.get("provenance") or {}).get("threads") == threads] or timed
-    return measured_throughput(timed, fastest=kind == "cpu"), timed
+    return measured_throughput(timed, fastest=kind == "cpu", steps_from=records), timed
 
 
 def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records: list[dict],

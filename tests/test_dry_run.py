@@ -191,7 +191,8 @@ def test_f1_dry_run_names_each_prioritys_readings(tmp_path):
 
 def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_observed_steps(tmp_path):
     """A CPU plan assumes a core per worker: the fastest record of a row at the planned thread count (records made
-    beside other work are slower), and the steps the row's finished runs took in place of the rough estimate."""
+    beside other work are slower), and the steps the row's finished runs took (at any thread count) in place of
+    the rough estimate."""
     from nerepro import RunConfig
     from nerepro.plan import planning_throughput
 
@@ -201,12 +202,12 @@ def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_ob
                 "status": "converged", "steps": steps, "samples_processed": steps * 4000, "wall_s": wall_s,
                 "config": cfg.record_config(), "provenance": {"device_type": "cpu", "threads": threads}}
 
-    records = [record(0, 3000.0, 1, steps=9000), record(1, 2000.0, 1, steps=11000), record(2, 500.0, 2)]
+    records = [record(0, 3000.0, 1, steps=9000), record(1, 2000.0, 1, steps=11000), record(2, 500.0, 2, steps=7000)]
     throughput, timed = planning_throughput(records, ["cpu", "cpu"], threads=1)
     assert {r["seed"] for r in timed} == {0, 1}  # one thread a worker: the two-threaded record is left out
     fastest = 11000 / 2000.0  # steps/s of seed 1, the faster of the one-threaded records
     cfg = RunConfig("F1", 1.5, 2000, seed=5)
-    assert throughput.seconds(cfg) == pytest.approx((9000 + 11000) / 2 / fastest)
+    assert throughput.seconds(cfg) == pytest.approx((9000 + 11000 + 7000) / 3 / fastest)  # every record's steps
     other = RunConfig("F1", 1.5, 2000, seed=5, stop_loss="step", check_every=1)  # another reading: the estimate
     assert throughput.seconds(other) == pytest.approx(estimated_steps(other) / fastest)
     gpu, timed = planning_throughput(records, ["cuda:0"])  # a GPU plan is not timed by CPU records
@@ -214,7 +215,44 @@ def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_ob
     for r in records:
         r["provenance"]["device_type"] = "cuda"
     pooled, _ = planning_throughput(records, ["cuda:0"])  # on a GPU: the pooled speed and the estimated steps
-    assert pooled.seconds(cfg) == pytest.approx(estimated_steps(cfg) * (3000 + 2000 + 500) / 21000)
+    assert pooled.seconds(cfg) == pytest.approx(estimated_steps(cfg) * (3000 + 2000 + 500) / 27000)
+
+
+def test_a_cpu_plan_times_a_reading_not_run_on_a_row_from_the_rows_steps_and_the_networks_checks():
+    """A reading no run of its row has used yet on this machine (the Eq. (1) reading at NE): the row's fastest
+    steps under another reading, less their checks, plus the check time per step of the network's runs that
+    check L(w) as often; and its steps from the row's runs under that reading on any device (a GPU's too)."""
+    from nerepro import RunConfig
+    from nerepro.config import PROTOCOLS
+    from nerepro.plan import planning_throughput
+
+    def record(cfg, steps, wall_s, check_s, device_type="cpu", threads=1):
+        return {"run_id": cfg.run_id, "network": "F1", "alpha": cfg.alpha, "batch_size": cfg.batch_size,
+                "seed": cfg.seed, "status": "converged", "steps": steps, "stop_loss": cfg.stop_loss,
+                "check_every": cfg.check_every, "samples_processed": steps * cfg.samples_per_step(60_000),
+                "wall_s": wall_s, "check_s": check_s, "config": cfg.record_config(),
+                "provenance": {"device_type": device_type, "threads": threads}}
+
+    eq1 = PROTOCOLS["eq1"]
+    ne = [RunConfig("F1", 1.5, 2000, seed=s) for s in range(2)]  # the default reading
+    plain_eq1 = [RunConfig("F1", 1.0, 900, seed=s, **eq1) for s in range(2)]
+    ne_eq1 = RunConfig("F1", 1.5, 2000, seed=0, **eq1)
+    records = [record(ne[0], 10_000, 5_600.5, 0.5), record(ne[1], 9_000, 6_000.0, 0.5),  # 0.56 s a step at best
+               record(plain_eq1[0], 8_000, 1_600.0, 200.0),  # checks: 0.025 s a step, the least
+               record(plain_eq1[1], 9_000, 2_000.0, 300.0),
+               record(ne_eq1, 8_500, 150.0, 5.0, device_type="cuda", threads=2)]  # steps only
+    throughput, timed = planning_throughput(records, ["cpu", "cpu"], threads=1)
+    assert ne_eq1.run_id not in {r["run_id"] for r in timed}
+    cfg = RunConfig("F1", 1.5, 2000, seed=4, **eq1)
+    assert throughput.run_steps(cfg) == 8_500
+    assert throughput.seconds(cfg) == pytest.approx(8_500 * (5_600.0 / 10_000 + 200.0 / 8_000))
+    assert not throughput.measured(cfg)  # the sweep's schedule still waits for a run of its own kind
+    # the other way round: a reading without checks of L(w) takes the row's steps without the checks' time
+    keras_plain = RunConfig("F1", 1.0, 900, seed=3)
+    assert throughput.seconds(keras_plain) == pytest.approx(estimated_steps(keras_plain) * 1_400.0 / 8_000)
+    # a run that checks L(w) at another interval than any measured one: the network's guess, not this rule
+    epoch_checks = RunConfig("F1", 1.5, 2000, seed=4, **{**eq1, "check_every": "epoch"})
+    assert throughput.seconds(epoch_checks) != pytest.approx(throughput.seconds(cfg))
 
 
 def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
