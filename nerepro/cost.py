@@ -26,6 +26,7 @@ DEVICE_OVERHEAD = 1.5 * 2 ** 30  # CUDA context, cuDNN/cuBLAS workspaces, alloca
 # 10,934); the steps of a row's finished runs scatter by about 10% between seeds (Table 2's std: 5-10%).
 STEPS_MARGIN = 1.4
 OBSERVED_MARGIN = 1.2
+OBSERVED_MIN = 3  # runs of a row whose mean steps take OBSERVED_MARGIN (fewer: the first to finish, often the shortest)
 
 
 def _reference_steps() -> dict[str, tuple[int, float]]:
@@ -62,22 +63,22 @@ class Throughput:
     steps per second of runs at the same (network, B, alpha != 1, and whether L(w) is checked: full passes
     cost steps) where one finished; else, where runs of the same (network, B, alpha != 1) finished under
     another reading, their steps' time without their loss checks plus, for a run that checks L(w), the
-    checks' time per step of the network's runs that checked it as often (a check that can no longer pass
-    stops early, so its time per step depends on the trajectory more than on B; none measured: the guess
-    below); else the larger of
+    checks' time per step, pooled over the converged runs of the network that checked L(w) of as many
+    samples as often (a check that can no longer pass stops early, so its time per step depends on the
+    trajectory more than on B; none measured: the guess below); else the larger of
     two guesses from the network's other runs, at their steps per second (right where steps cost the same
     whatever B, as on a GPU that launch overhead bounds) and at their samples per second (right where
     cost grows with B, as on a CPU); else unknown (None).
 
     `fastest`: each key's speed is its fastest run's, not the pooled one (a plan for a machine whose earlier
-    runs shared it with other work: the fastest ran closest to alone). `observed`: mean convergence steps of
+    runs shared it with other work: the fastest ran closest to alone). `observed`: (mean convergence steps, n) of
     finished runs of the same row and reading (`row_key`), used for a run's steps in place of the estimate."""
 
     def __init__(self, fastest: bool = False, observed: dict | None = None):
         self.fastest, self.observed = fastest, observed or {}
         self.steps, self.samples = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0, 0.0])
-        # (network, B, NE) -> [steps, seconds without loss checks]; (network, check_every) -> [steps, seconds of
-        # L(w) checks]
+        # (network, B, NE) -> [steps, seconds without loss checks]; (network, n_train, steps between checks) ->
+        # [steps, seconds of L(w) checks], pooled
         self.training, self.checks = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0.0])
 
     def add(self, record: dict) -> None:
@@ -86,10 +87,14 @@ class Throughput:
             return  # a resumed run's wall time covers segments this sweep did not see
         key = (record["network"], record["batch_size"], record["alpha"] != 1, record.get("stop_loss", "full") == "full")
         network = self.samples[record["network"]]
-        check_s = min(seconds, record.get("check_s") or 0.0)
-        self._keep(self.training[key[:3]], record["steps"], seconds - check_s)
-        if key[3] and check_s:
-            self._keep(self.checks[record["network"], record.get("check_every")], record["steps"], check_s)
+        check_s = record.get("check_s")
+        if check_s is not None and check_s < seconds:  # (older records of full checks did not time them)
+            self._keep(self.training[key[:3]], record["steps"], seconds - check_s)
+            interval = record.get("check_interval", record.get("check_every"))
+            if key[3] and check_s and record["status"] == "converged" and isinstance(interval, int):
+                checks = self.checks[record["network"], record.get("n_train"), interval]
+                checks[0] += record["steps"]
+                checks[1] += check_s
         if self.fastest:  # keep the fastest run of each key (steps / seconds largest)
             self._keep(self.steps[key], record["steps"], seconds)
             if not network[0] or record["samples_processed"] / seconds > network[1] / network[2]:
@@ -103,7 +108,12 @@ class Throughput:
 
     def run_steps(self, cfg: RunConfig) -> float:
         """The run's expected steps: the mean of its row's finished runs under its reading, else the estimate."""
-        return self.observed.get(row_key(cfg), estimated_steps(cfg))
+        return self.observed.get(row_key(cfg), (estimated_steps(cfg), 0))[0]
+
+    def margin(self, cfg: RunConfig) -> float:
+        """The margin on `run_steps`: OBSERVED_MARGIN on the mean of at least OBSERVED_MIN finished runs of the
+        row, else STEPS_MARGIN."""
+        return OBSERVED_MARGIN if self.observed.get(row_key(cfg), (0, 0))[1] >= OBSERVED_MIN else STEPS_MARGIN
 
     def _keep(self, entry: list, steps: int, seconds: float) -> None:
         """Add a run's steps and seconds to a [steps, seconds] entry: pooled, or with `fastest` the run with the
@@ -120,7 +130,7 @@ class Throughput:
         if steps:
             return self.run_steps(cfg) * s / steps
         steps, s = self.training.get(kind[:3], (0, 0.0))
-        checked, check_s = self.checks.get((cfg.network, cfg.check_every), (0, 0.0))
+        checked, check_s = self.checks.get((cfg.network, n_train(cfg), cfg.check_interval(n_train(cfg))), (0, 0.0))
         if steps and s > 0 and (checked or not kind[3]):  # the row under another reading, and the checks' time
             return self.run_steps(cfg) * (s / steps + (check_s / checked if kind[3] else 0.0))
         steps, samples, s = self.samples.get(cfg.network, (0, 0, 0.0))
@@ -142,7 +152,7 @@ class Throughput:
         seconds = self.seconds(cfg)
         if seconds is None:
             return None
-        return seconds * (OBSERVED_MARGIN if row_key(cfg) in self.observed else STEPS_MARGIN)
+        return seconds * self.margin(cfg)
 
 
 def row_key(cfg: RunConfig) -> tuple:
@@ -151,8 +161,8 @@ def row_key(cfg: RunConfig) -> tuple:
 
 
 def observed_steps(records: list[dict]) -> dict:
-    """row_key -> mean steps of the finished runs of that row and reading (from the records' configs; a run that
-    did not converge counts its steps, which is what it cost)."""
+    """row_key -> (mean steps, n) of the finished runs of that row and reading (from the records' configs; a run
+    that did not converge counts its steps, which is what it cost)."""
     found = defaultdict(list)
     for record in records:
         if record.get("status") not in ("converged", "not_converged") or not record.get("config"):
@@ -163,7 +173,7 @@ def observed_steps(records: list[dict]) -> dict:
         except Exception:  # noqa: BLE001 - a record of an older layout: its steps are not used
             continue
         found[row_key(cfg)].append(record["steps"])
-    return {key: sum(v) / len(v) for key, v in found.items()}
+    return {key: (sum(v) / len(v), len(v)) for key, v in found.items()}
 
 
 @lru_cache(maxsize=None)
@@ -242,8 +252,11 @@ def measured_throughput(records: list[dict], fastest: bool = False,
     `steps_from` (default: `records`; a row takes its steps on any device, at its own speed on each)."""
     throughput = Throughput(fastest, observed_steps(records if steps_from is None else steps_from) if fastest else None)
     for record in records:
+        share = 1 / max(1, record.get("pack_size") or 1)  # each member's wall_s and check_s are the pack's
         if record.get("wall_s"):
-            record = {**record, "wall_s": record["wall_s"] / max(1, record.get("pack_size") or 1)}
+            record = {**record, "wall_s": record["wall_s"] * share}
+        if record.get("check_s"):
+            record = {**record, "check_s": record["check_s"] * share}
         throughput.add(record)
     return throughput
 

@@ -32,7 +32,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import RunConfig
-from .cost import STEPS_MARGIN, estimated_steps, flop_per_sample, n_train
+from .cost import (OBSERVED_MARGIN, OBSERVED_MIN, STEPS_MARGIN, estimated_steps, flop_per_sample, n_train,
+                   observed_steps, row_key)
 from .sweep import form_packs, pause_margin, sweep_order
 
 
@@ -131,11 +132,33 @@ class Outcome:
 
 
 def step_time(unit: list[RunConfig], device: DeviceModel) -> tuple[float, float, float]:
-    """(step, host, arithmetic) seconds of one step of runs trained together (one run: a pack of one)."""
+    """(step, host, arithmetic) seconds of one step of runs trained together (one run: a pack of one); a run that
+    checks L(w) adds its checks' forward passes (a third of a training sample's FLOP each; the whole training set
+    at every check, a bound: a check that can no longer pass stops early)."""
     packed = device.pack_ops if len(unit) > 1 else 1.0
-    flop = sum(c.samples_per_step(n_train(c)) * flop_per_sample(c.network) for c in unit)
+    flop = sum((c.samples_per_step(n_train(c)) + checked_per_step(c) / 3) * flop_per_sample(c.network) for c in unit)
     host, arithmetic = device.launch_s * packed, flop / (device.tflops * 1e12)
     return max(host, arithmetic, device.busy_s * packed), host, arithmetic
+
+
+def checked_per_step(cfg: RunConfig) -> float:
+    """Samples a run's checks of L(w) forward per training step, at most (0 for the other readings)."""
+    return n_train(cfg) / cfg.check_interval(n_train(cfg)) if cfg.effective_stop_loss == "full" else 0.0
+
+
+def bound_steps(cfg: RunConfig, margin: float = STEPS_MARGIN, observed: dict | None = None) -> int:
+    """The steps a run's pack is allowed: `margin` times the cost model's; where its row has finished runs under
+    its reading (`cost.observed_steps`, on any device), their mean times OBSERVED_MARGIN, or times `margin`
+    while they are fewer than OBSERVED_MIN (the first to finish in a time-limited sweep are the shortest)."""
+    mean, n = (observed or {}).get(row_key(cfg), (estimated_steps(cfg), 0))
+    return math.ceil(mean * (OBSERVED_MARGIN if n >= OBSERVED_MIN else margin))
+
+
+def observed_in(results: Path | None) -> dict:
+    """cost.observed_steps of the records in a results directory (none: {})."""
+    from .results import load_records
+
+    return observed_steps(load_records(results)[0]) if results and Path(results, "runs").is_dir() else {}
 
 
 def device_share(unit: list[RunConfig], device: DeviceModel) -> float:
@@ -158,15 +181,15 @@ def limit_for(window: float, workers: int, device: DeviceModel) -> float:
 
 
 def simulate(units: list[list[RunConfig]], workers: int, window: float, device: DeviceModel,
-             margin: float = STEPS_MARGIN) -> Outcome:
+             margin: float = STEPS_MARGIN, observed: dict | None = None) -> Outcome:
     """Packs taken in order by the first free of `workers` workers that do not slow each other (the plan keeps
-    their shares within the device), each taking its bound (`margin` times the cost model's steps) and started
-    only where the sweep would start it: where that bound, which the session gives the sweep (`--runs`), fits
-    the time left."""
+    their shares within the device), each taking its bound (`bound_steps` of its runs) and started only where
+    the sweep would start it: where that bound, which the session gives the sweep (`--runs`), fits the time
+    left."""
     free, out = [0.0] * workers, Outcome()
     for unit in units:
         start = min(free)
-        steps = [math.ceil(estimated_steps(c) * margin) for c in unit]
+        steps = [bound_steps(c, margin, observed) for c in unit]
         seconds = device.run_s + max(steps) * step_time(unit, device)[0]
         out.bounds.update((c.run_id, seconds) for c in unit)
         if start + seconds > window:
@@ -189,7 +212,7 @@ def row_outcomes(order: list[RunConfig], outcome: Outcome) -> tuple[RowOutcome, 
 
 
 def plan_lease(runs: list[RunConfig], seconds: float, max_pack: int = 10, priority: dict | None = None,
-               device: DeviceModel = H100, margin: float = STEPS_MARGIN) -> Plan:
+               device: DeviceModel = H100, margin: float = STEPS_MARGIN, observed: dict | None = None) -> Plan:
     """Workers, pack size and time limit for a lease's sweep of `runs`, at most `seconds` (module doc): the rows
     first; the sweep's time is what they need, all of `seconds` if they need it."""
     if not runs:
@@ -199,10 +222,10 @@ def plan_lease(runs: list[RunConfig], seconds: float, max_pack: int = 10, priori
     order = lease_order(runs, priority)
     rows = [c for c in order if row_of(c) is not None]
     if rows and len(rows) < len(order):
-        plan = plan_lease(rows, seconds, max_pack, priority, device, margin)
+        plan = plan_lease(rows, seconds, max_pack, priority, device, margin, observed)
         if plan.expected:
             return plan
-        rest = plan_lease(order[len(rows):], seconds, max_pack, priority, device, margin)
+        rest = plan_lease(order[len(rows):], seconds, max_pack, priority, device, margin, observed)
         return replace(rest, rows=plan.rows, order=tuple(order))
     in_rows = {c.run_id for c in order if row_of(c) is not None}
     best = None
@@ -211,7 +234,7 @@ def plan_lease(runs: list[RunConfig], seconds: float, max_pack: int = 10, priori
         share = max(device_share(u, device) for u in units)
         workers = max(1, min(device.max_workers, len(units), math.floor(1 / share + 1e-9)))
         window = training_window(seconds, workers, device)
-        outcome = simulate(units, workers, window, device, margin)
+        outcome = simulate(units, workers, window, device, margin, observed)
         rows_done = sum(r in outcome.ends for r in in_rows)
         rows_end = max((outcome.ends[r] for r in in_rows if r in outcome.ends), default=0.0)
         # the rows in their order (the most of the first row's runs, then of the second's, ...), then all runs
@@ -222,7 +245,7 @@ def plan_lease(runs: list[RunConfig], seconds: float, max_pack: int = 10, priori
     rows = row_outcomes(order, outcome)
     # the sweep gets only the runs expected to finish: its limit is the last one's end (the rest to benchmarks)
     limit = min(seconds, limit_for(outcome.end, workers, device)) if outcome.done else 0.0
-    return Plan(workers, size, _reason(runs, seconds, workers, size, share, units, outcome, device, margin),
+    return Plan(workers, size, _reason(runs, seconds, workers, size, share, units, outcome, device, margin, observed),
                 outcome.done, len(runs), rows, limit, tuple(order), frozenset(outcome.ends),
                 outcome.bounds)
 
@@ -232,7 +255,7 @@ def _describe(units: list[list[RunConfig]]) -> str:
                      for (net, b, alphas, n), k in kinds.items())
 
 
-def _reason(runs, seconds, workers, size, share, units, outcome, device, margin) -> str:
+def _reason(runs, seconds, workers, size, share, units, outcome, device, margin, observed) -> str:
     """One line for the session's summary: the packs' step times, the rule that set the workers, the outcome."""
     window, pause = training_window(seconds, workers, device), pause_margin(seconds)
     kinds, rows = {}, [u for u in units if row_of(u[0]) is not None]
@@ -242,7 +265,7 @@ def _reason(runs, seconds, workers, size, share, units, outcome, device, margin)
         kinds.setdefault((u[0].network, u[0].batch_size, u[0].alpha != 1, len(u)), (
             f"{_describe([u])}: {1e3 * step:.1f} ms a step ({1e3 * arithmetic:.1f} ms of arithmetic, {1e3 * host:.1f} "
             f"ms of launches: {bound}, {100 * device_share(u, device):.0f}% of the device), "
-            f"{math.ceil(estimated_steps(u[0]) * margin) * step:.0f} s alone"))
+            f"{max(bound_steps(c, margin, observed) for c in u) * step:.0f} s alone"))
     if device.max_workers == 1:
         rule = "One worker: on this device a run needs all of it"
     elif share > 0.5:
@@ -255,7 +278,8 @@ def _reason(runs, seconds, workers, size, share, units, outcome, device, margin)
                 f"{workers} run side by side without slowing each other")
     sizes = f"packs of up to {size}" if size > 1 else "runs alone"
     text = (f"{len(runs)} runs planned for on {device.name}: {window:.0f} s to train of the sweep's {seconds:.0f} s "
-            f"(start {seconds - pause - window:.0f} s, pause {pause:.0f} s), steps {margin:g}x the cost model's; "
+            f"(start {seconds - pause - window:.0f} s, pause {pause:.0f} s), steps {margin:g}x the cost model's "
+            f"(or {OBSERVED_MARGIN:g}x the mean of a row's {OBSERVED_MIN}+ finished runs); "
             f"{sizes}: {'; '.join(kinds.values())}. {rule}. {sizes[0].upper()}{sizes[1:]} finish the most of them: "
             f"{outcome.done} of {len(runs)}" + (f", the last at {outcome.end:.0f} s" if outcome.done else ""))
     not_started = [u for u in outcome.not_started if row_of(u[0]) is not None]

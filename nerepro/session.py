@@ -398,16 +398,17 @@ def _run(s: Session, args) -> None:
 
 def plan_both(args, results: Path) -> dict:
     """The lease plan with packs and without, for the time the sweep can have."""
-    from .lease_plan import CPU, H100, plan_lease, planned_runs
+    from .lease_plan import CPU, H100, observed_in, plan_lease, planned_runs
 
     device = CPU if args.device == "cpu" else H100
     if args.tflops:
         device = dataclasses.replace(device, tflops=args.tflops)
     runs, priority = planned_runs(args.configs, args.seeds, ["F1"], results)
+    observed = observed_in(results)  # the rows' steps so far
     seconds = sweep_seconds(args.seconds, time.time() - args.started, gate_seconds(args))
-    off = plan_lease(runs, seconds, 1, priority, device)
-    return {"on": plan_lease(runs, seconds, args.max_pack, priority, device) if args.device != "cpu" else off,
-            "off": off}
+    off = plan_lease(runs, seconds, 1, priority, device, observed=observed)
+    return {"on": plan_lease(runs, seconds, args.max_pack, priority, device, observed=observed)
+            if args.device != "cpu" else off, "off": off}
 
 
 def sweep(s: Session, args, plan, packs: bool, results: Path) -> None:
@@ -544,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_plan(args) -> int:
     """The rows a lease of --seconds finishes at the planned pack rate and at the pessimistic one."""
     from .errors import ConfigError
-    from .lease_plan import CPU, H100, PESSIMISTIC_TFLOPS, plan_lease, planned_runs
+    from .lease_plan import CPU, H100, PESSIMISTIC_TFLOPS, observed_in, plan_lease, planned_runs
 
     device = CPU if args.device == "cpu" else H100
     if args.tflops:
@@ -552,6 +553,7 @@ def print_plan(args) -> int:
     try:
         results = args.results or args.results_from
         runs, priority = planned_runs(args.configs, args.seeds, ["F1"], results)
+        observed = observed_in(results)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -562,7 +564,7 @@ def print_plan(args) -> int:
           f"at its {gate_s:.0f} s and the sweep's start; {HANDBACK_S:.0f} s kept for the hand-back). "
           f"{len(runs)} runs not recorded{' in ' + str(results) if results else ''}.")
     for d in rates:
-        plan = plan_lease(runs, seconds, args.max_pack if args.device != "cpu" else 1, priority, d)
+        plan = plan_lease(runs, seconds, args.max_pack if args.device != "cpu" else 1, priority, d, observed=observed)
         print(f"\nAt {d.tflops:g} TFLOP/s for packs ({d.name}): workers {plan.workers}, packs of up to "
               f"{plan.max_pack}; the sweep's --time-limit {plan.seconds:.0f} s, about "
               f"{seconds - plan.seconds:.0f} s left for the benchmarks.")

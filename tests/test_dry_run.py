@@ -147,6 +147,11 @@ def test_measured_time_charges_a_packed_run_its_share():
     alone = measured_throughput([{**record, "wall_s": 5.0}])
     packed = measured_throughput([{**record, "wall_s": 20.0, "pack_size": 4}])
     assert packed.seconds(cfg) == pytest.approx(alone.seconds(cfg)) == pytest.approx(5.0 * estimated_steps(cfg) / 500)
+    # a packed run's checks of L(w) too: its check_s is the pack's
+    checked = {**record, "stop_loss": "full", "check_every": 50, "check_interval": 50, "n_train": 60_000}
+    alone = measured_throughput([{**checked, "wall_s": 5.0, "check_s": 1.0}])
+    packed = measured_throughput([{**checked, "wall_s": 20.0, "check_s": 4.0, "pack_size": 4}])
+    assert packed.seconds(cfg) == pytest.approx(alone.seconds(cfg)) == pytest.approx(4.0 * estimated_steps(cfg) / 500)
     # a rate naming the run's network or precision wins over the measured speed; nothing known: unknown
     assert estimated_seconds(cfg, alone, {"tf32": 1.0}) == (pytest.approx(alone.seconds(cfg)), "measured")
     assert estimated_seconds(cfg, alone, {"fp32": 1.0})[1] == "fp32=1"
@@ -200,6 +205,7 @@ def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_ob
         cfg = RunConfig("F1", 1.5, 2000, seed=seed)
         return {"run_id": cfg.run_id, "network": "F1", "alpha": 1.5, "batch_size": 2000, "seed": seed,
                 "status": "converged", "steps": steps, "samples_processed": steps * 4000, "wall_s": wall_s,
+                "stop_loss": cfg.effective_stop_loss, "check_every": cfg.check_every, "check_s": 0.0,
                 "config": cfg.record_config(), "provenance": {"device_type": "cpu", "threads": threads}}
 
     records = [record(0, 3000.0, 1, steps=9000), record(1, 2000.0, 1, steps=11000), record(2, 500.0, 2, steps=7000)]
@@ -220,39 +226,41 @@ def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_ob
 
 def test_a_cpu_plan_times_a_reading_not_run_on_a_row_from_the_rows_steps_and_the_networks_checks():
     """A reading no run of its row has used yet on this machine (the Eq. (1) reading at NE): the row's fastest
-    steps under another reading, less their checks, plus the check time per step of the network's runs that
-    check L(w) as often; and its steps from the row's runs under that reading on any device (a GPU's too)."""
+    steps under another reading, less their checks, plus the check time per step pooled over the network's
+    converged runs that check L(w) as often; and its steps from the row's runs under that reading on any device
+    (a GPU's too)."""
     from nerepro import RunConfig
     from nerepro.config import PROTOCOLS
     from nerepro.plan import planning_throughput
 
-    def record(cfg, steps, wall_s, check_s, device_type="cpu", threads=1):
+    def record(cfg, steps, wall_s, check_s, device_type="cpu", threads=1, status="converged"):
         return {"run_id": cfg.run_id, "network": "F1", "alpha": cfg.alpha, "batch_size": cfg.batch_size,
-                "seed": cfg.seed, "status": "converged", "steps": steps, "stop_loss": cfg.stop_loss,
-                "check_every": cfg.check_every, "samples_processed": steps * cfg.samples_per_step(60_000),
-                "wall_s": wall_s, "check_s": check_s, "config": cfg.record_config(),
-                "provenance": {"device_type": device_type, "threads": threads}}
+                "seed": cfg.seed, "status": status, "steps": steps, "stop_loss": cfg.effective_stop_loss,
+                "check_every": cfg.check_every, "check_interval": cfg.check_interval(60_000), "n_train": 60_000,
+                "samples_processed": steps * cfg.samples_per_step(60_000), "wall_s": wall_s, "check_s": check_s,
+                "config": cfg.record_config(), "provenance": {"device_type": device_type, "threads": threads}}
 
     eq1 = PROTOCOLS["eq1"]
     ne = [RunConfig("F1", 1.5, 2000, seed=s) for s in range(2)]  # the default reading
-    plain_eq1 = [RunConfig("F1", 1.0, 900, seed=s, **eq1) for s in range(2)]
+    plain_eq1 = [RunConfig("F1", 1.0, 900, seed=s, **eq1) for s in range(3)]
     ne_eq1 = RunConfig("F1", 1.5, 2000, seed=0, **eq1)
     records = [record(ne[0], 10_000, 5_600.5, 0.5), record(ne[1], 9_000, 6_000.0, 0.5),  # 0.56 s a step at best
-               record(plain_eq1[0], 8_000, 1_600.0, 200.0),  # checks: 0.025 s a step, the least
-               record(plain_eq1[1], 9_000, 2_000.0, 300.0),
-               record(ne_eq1, 8_500, 150.0, 5.0, device_type="cuda", threads=2)]  # steps only
+               record(plain_eq1[0], 8_000, 1_600.0, 200.0), record(plain_eq1[1], 9_000, 2_000.0, 300.0),
+               record(plain_eq1[2], 20_000, 4_000.0, 50.0, status="not_converged"),  # its checks never count
+               record(ne_eq1, 8_500, 150.0, 5.0, device_type="cuda", threads=2)]  # its steps only
     throughput, timed = planning_throughput(records, ["cpu", "cpu"], threads=1)
     assert ne_eq1.run_id not in {r["run_id"] for r in timed}
     cfg = RunConfig("F1", 1.5, 2000, seed=4, **eq1)
     assert throughput.run_steps(cfg) == 8_500
-    assert throughput.seconds(cfg) == pytest.approx(8_500 * (5_600.0 / 10_000 + 200.0 / 8_000))
+    assert throughput.seconds(cfg) == pytest.approx(8_500 * (5_600.0 / 10_000 + (200.0 + 300.0) / 17_000))
     assert not throughput.measured(cfg)  # the sweep's schedule still waits for a run of its own kind
-    # the other way round: a reading without checks of L(w) takes the row's steps without the checks' time
+    # the other way round: a reading without checks of L(w) takes the row's fastest steps less their checks
     keras_plain = RunConfig("F1", 1.0, 900, seed=3)
     assert throughput.seconds(keras_plain) == pytest.approx(estimated_steps(keras_plain) * 1_400.0 / 8_000)
-    # a run that checks L(w) at another interval than any measured one: the network's guess, not this rule
+    # a run that checks L(w) every epoch (15 steps here), which no run did: the network's guess at the fastest
+    # samples per second (seed 0 of the default reading's NE row), not the checks of runs every 50 steps
     epoch_checks = RunConfig("F1", 1.5, 2000, seed=4, **{**eq1, "check_every": "epoch"})
-    assert throughput.seconds(epoch_checks) != pytest.approx(throughput.seconds(cfg))
+    assert throughput.seconds(epoch_checks) == pytest.approx(estimated_steps(epoch_checks) * 5_600.5 / 10_000)
 
 
 def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):

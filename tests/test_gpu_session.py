@@ -289,6 +289,36 @@ def test_the_lease_takes_the_rows_first_whatever_the_configs_priorities():
     assert [(reading_name(c), c.alpha, c.batch_size) for c in order[6:10:2]] == [("eq1", 1.0, 900), ("eq1", 1.5, 2000)]
 
 
+def test_a_leases_bounds_take_a_rows_finished_steps_and_a_step_its_checks_of_l_w(tmp_path):
+    """A pack's bound: the mean steps of its row's finished runs (any device) times OBSERVED_MARGIN from
+    OBSERVED_MIN of them, times STEPS_MARGIN before (the first to finish are the shortest), the cost model's
+    without any; and an Eq. (1) step forwards the training set every 50 steps besides its 2B samples."""
+    import math
+
+    from records import record, write
+
+    from nerepro.config import PROTOCOLS
+    from nerepro.cost import OBSERVED_MARGIN, OBSERVED_MIN
+    from nerepro.lease_plan import bound_steps, observed_in, step_time
+
+    eq1 = PROTOCOLS["eq1"]
+    cfg = RunConfig("F1", 1.5, 2000, seed=9, **eq1)
+    assert bound_steps(cfg) == math.ceil(estimated_steps(cfg) * STEPS_MARGIN)
+    few = write(tmp_path / "few", [record("F1", 1.5, 2000, s, steps=9_000 + 100 * s, **eq1) for s in range(2)])
+    assert bound_steps(cfg, observed=observed_in(few)) == math.ceil(9_050 * STEPS_MARGIN)
+    many = write(tmp_path / "many", [record("F1", 1.5, 2000, s, steps=9_000 + 100 * s, **eq1)
+                                     for s in range(OBSERVED_MIN)] + [record("F1", 1.5, 2000, 5, steps=1)])
+    mean = 9_000 + 100 * (OBSERVED_MIN - 1) / 2  # the default reading's record is another row
+    assert bound_steps(cfg, observed=observed_in(many)) == math.ceil(mean * OBSERVED_MARGIN)
+    assert observed_in(tmp_path / "none") == {}
+    plain = RunConfig("F1", 1.5, 2000, seed=9)  # the default reading: no checks of L(w)
+    assert step_time([cfg], H100)[2] == pytest.approx(step_time([plain], H100)[2] * (4_000 + 60_000 / 50 / 3) / 4_000)
+    units = [[RunConfig("F1", 1.5, 2000, seed=s, **eq1)] for s in range(2)]
+    outcome = simulate(units, 1, 1e6, H100, observed=observed_in(many))
+    assert outcome.bounds[units[0][0].run_id] == pytest.approx(
+        H100.run_s + math.ceil(mean * OBSERVED_MARGIN) * step_time(units[0], H100)[0])
+
+
 def test_a_540_s_lease_finishes_table_2_and_3_at_the_planned_rate():
     runs, priority = f1_rows()
     plan = plan_lease(runs, 438, 10, priority, H100)  # what `session plan --seconds 540` gives the sweep
