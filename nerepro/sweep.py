@@ -18,12 +18,12 @@ import torch
 from . import data as datasets
 from .config import RunConfig
 from .cost import (STEPS_MARGIN, Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples,
-                   estimated_steps)
+                   estimated_steps, observed_steps)
 from .errors import ConfigError, ResultsError
 from .faults import (CUDA_EXIT, CUDA_RETRIES, BrokenContext, cuda_failures, log_events, log_size,
                      sticky_cuda_error)
 from .record import provenance, read_record
-from .results import ResultsDir
+from .results import ResultsDir, load_records
 from .pack import pack_key, packable
 from .train import OutOfTime, resolve_device, train_pack
 
@@ -280,7 +280,9 @@ class Schedule:
     and so might be paused at the deadline (an F1 checkpoint, 23 MB, may never come back from a lease).
     `planned`: run id -> seconds its pack may take, from a plan (`nerepro sweep --runs`), the bound of a run
     until runs of its own kind have been measured in this sweep, times the slowdown the measured kinds showed
-    against their plan (a plan's rate is a guess; the first packs tell)."""
+    against their plan (a plan's rate is a guess; the first packs tell): the plan is taken to allow the
+    throughput's steps with its margin (`Throughput.run_steps`, `margin`: the rows' finished runs where the
+    throughput has them, as the lease plan's `bound_steps`)."""
 
     def __init__(self, units: list[list[RunConfig]], deadline: float | None, throughput: Throughput,
                  planned: dict | None = None):
@@ -306,7 +308,7 @@ class Schedule:
     def slowdown(self) -> float:
         """How many times slower a step ran than planned, over the planned kinds measured so far (at least 1)."""
         ratios = [(self.throughput.seconds(c) / self.throughput.run_steps(c))
-                  / (self.planned[c.run_id] / (estimated_steps(c) * STEPS_MARGIN))
+                  / (self.planned[c.run_id] / (self.throughput.run_steps(c) * self.throughput.margin(c)))
                   for c in self.kinds.values() if self.throughput.measured(c)]
         return max([1.0, *ratios])
 
@@ -381,7 +383,7 @@ def _worker_run(unit: list[RunConfig], root: str, deadline: float | None) -> lis
 def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
               data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
               max_restarts: int = 3, deadline: float | None = None, threads: int | None = None,
-              planned: dict | None = None) -> list[dict]:
+              planned: dict | None = None, observed: dict | None = None) -> list[dict]:
     """Run `runs` (runs, or packs of runs: `form_packs`; in the order given) in one worker process per slot,
     or in this process if there is one slot; each worker keeps its datasets on its device. A pool whose
     worker died is restarted (at most `max_restarts` times, not counting workers that exit on a CUDA error
@@ -400,7 +402,7 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
     threads = threads or worker_threads(len(names))
     units = as_units(runs)
     names = names[:max(1, len(units))]
-    throughput, finished = Throughput(), []
+    throughput, finished = Throughput(observed=observed), []
 
     def done(records: list[dict]) -> None:
         for record in records:
@@ -543,7 +545,8 @@ def ray_gpu_share(unit: list[RunConfig], gpus: float, total: int) -> float:
 
 def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
-            max_retries: int = 3, deadline: float | None = None, planned: dict | None = None) -> list[dict]:
+            max_retries: int = 3, deadline: float | None = None, planned: dict | None = None,
+            observed: dict | None = None) -> list[dict]:
     """Each pack (a single run: a pack of one) a Ray task, retried when its worker is lost, submitted in order
     as the cluster has room (so a deadline stops submission, as in the local executor). Where the cluster has
     GPUs a task takes `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no
@@ -565,7 +568,7 @@ def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_pe
     capacity = max(1, int(resources["GPU"] / gpus) if gpus else int(resources.get("CPU", 1)))
     task = ray.remote(**ray_remote_options(gpus))(_ray_task)
     total = ray.get(ray.remote(num_gpus=min(gpus, 1), max_calls=1)(_gpu_memory).remote()) if gpus else None
-    throughput, finished, refs = Throughput(), [], {}
+    throughput, finished, refs = Throughput(observed=observed), [], {}
     schedule = Schedule(as_units(runs), deadline, throughput, planned)
 
     def write(cfg: RunConfig, record: dict | None) -> None:
@@ -615,6 +618,8 @@ def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", 
     the runs go to GPUs (on a CPU a pack ran slower than its runs one after another: README, 'Packs')."""
     results = ResultsDir(root)
     units = form_packs(runs, max_pack if resolve_pack(pack, executor, options) == "on" else 1, priority)
+    # each run's steps from its row's runs recorded so far (cost.Throughput): the bounds under a deadline
+    options.setdefault("observed", observed_steps(load_records(results.root)[0]) if results.runs.is_dir() else {})
     if executor == "ray":
         return run_ray(units, results, **options)
     return run_local(units, results, **options)

@@ -4,6 +4,7 @@ before the next lease: its data check, its gate (fail closed), the rows-first pl
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -293,8 +294,6 @@ def test_a_leases_bounds_take_a_rows_finished_steps_and_a_step_its_checks_of_l_w
     """A pack's bound: the mean steps of its row's finished runs (any device) times OBSERVED_MARGIN from
     OBSERVED_MIN of them, times STEPS_MARGIN before (the first to finish are the shortest), the cost model's
     without any; and an Eq. (1) step forwards the training set every 50 steps besides its 2B samples."""
-    import math
-
     from records import record, write
 
     from nerepro.config import PROTOCOLS
@@ -398,6 +397,36 @@ def test_packs_slower_than_planned_stretch_the_plan_of_the_kinds_not_yet_measure
                              "samples_processed": 50 * 900})
     assert schedule.slowdown() == pytest.approx(2.0)  # its steps took twice the plan's
     assert schedule.bound(second) == pytest.approx(200.0)
+
+
+def test_the_slowdown_reads_a_plan_made_from_a_rows_finished_steps_on_the_same_steps(tmp_path, monkeypatch):
+    """A plan whose bound came from the row's finished runs (`bound_steps`, as the session's and a CPU sweep's do)
+    and a sweep that knows those runs (run_sweep gives its Throughput the results' steps): a run of the kind at
+    the plan's own speed is no slowdown, one at twice its time per step is 2."""
+    from records import record, write
+
+    from nerepro.cost import OBSERVED_MARGIN
+    from nerepro.lease_plan import bound_steps, observed_in
+
+    first, second = RunConfig("F1", 1.0, 900, seed=7), RunConfig("F1", 1.5, 2000, seed=7)
+    observed = observed_in(write(tmp_path / "r", [record("F1", 1.0, 900, s, steps=8_000) for s in range(3)]))
+    assert bound_steps(first, observed=observed) == math.ceil(8_000 * OBSERVED_MARGIN)
+    per_step = 0.01  # the plan's seconds a step
+    planned = {c.run_id: per_step * bound_steps(c, observed=observed) for c in (first, second)}
+    for factor in (1.0, 2.0):
+        schedule = Schedule([[first], [second]], time.time() + 1e4, Throughput(observed=observed), planned)
+        schedule.throughput.add({"status": "converged", "wall_s": factor * per_step * 8_000, "network": "F1",
+                                 "batch_size": 900, "alpha": 1.0, "stop_loss": first.effective_stop_loss,
+                                 "steps": 8_000, "samples_processed": 8_000 * 900})
+        assert schedule.slowdown() == pytest.approx(factor)
+        assert schedule.bound(second) == pytest.approx(factor * planned[second.run_id])
+    # the sweep's executors get the steps of the results directory's records, as the plan did
+    import nerepro.sweep as sweep_module
+
+    seen = {}
+    monkeypatch.setattr(sweep_module, "run_local", lambda units, results, **options: seen.update(options) or [])
+    sweep_module.run_sweep([first], tmp_path / "r", device="cpu")
+    assert seen["observed"] == observed
 
 
 def test_on_the_cpu_a_run_has_the_cores_to_itself():
