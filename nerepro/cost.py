@@ -88,11 +88,12 @@ class Throughput:
         key = (record["network"], record["batch_size"], record["alpha"] != 1, record.get("stop_loss", "full") == "full")
         network = self.samples[record["network"]]
         check_s = record.get("check_s")
-        if check_s is not None and check_s < seconds:  # (older records of full checks did not time them)
+        if check_s is not None and check_s < seconds:  # (without check_s the split is unknown)
             self._keep(self.training[key[:3]], record["steps"], seconds - check_s)
             interval = record.get("check_interval", record.get("check_every"))
             if key[3] and check_s and record["status"] == "converged" and isinstance(interval, int):
-                checks = self.checks[record["network"], record.get("n_train"), interval]
+                size = record.get("n_train") or record.get("subset") or TRAIN_SIZE[record["network"]]
+                checks = self.checks[record["network"], size, interval]
                 checks[0] += record["steps"]
                 checks[1] += check_s
         if self.fastest:  # keep the fastest run of each key (steps / seconds largest)
@@ -110,10 +111,9 @@ class Throughput:
         """The run's expected steps: the mean of its row's finished runs under its reading, else the estimate."""
         return self.observed.get(row_key(cfg), (estimated_steps(cfg), 0))[0]
 
-    def margin(self, cfg: RunConfig) -> float:
-        """The margin on `run_steps`: OBSERVED_MARGIN on the mean of at least OBSERVED_MIN finished runs of the
-        row, else STEPS_MARGIN."""
-        return OBSERVED_MARGIN if self.observed.get(row_key(cfg), (0, 0))[1] >= OBSERVED_MIN else STEPS_MARGIN
+    def bound_steps(self, cfg: RunConfig) -> int:
+        """The steps a run is allowed (`allowed_steps` with this throughput's finished runs)."""
+        return allowed_steps(cfg, self.observed)
 
     def _keep(self, entry: list, steps: int, seconds: float) -> None:
         """Add a run's steps and seconds to a [steps, seconds] entry: pooled, or with `fastest` the run with the
@@ -147,12 +147,21 @@ class Throughput:
         return bool(self.steps.get(self.kind(cfg), (0,))[0])
 
     def bound(self, cfg: RunConfig) -> float | None:
-        """`seconds` with the margin on the run's steps (STEPS_MARGIN on the cost model's, OBSERVED_MARGIN on
-        its row's finished runs'): what a run is allowed before it is started under a time limit."""
+        """`seconds` for the steps a run is allowed (`bound_steps`): what it may take before it is started under a
+        time limit."""
         seconds = self.seconds(cfg)
         if seconds is None:
             return None
-        return seconds * self.margin(cfg)
+        return seconds * self.bound_steps(cfg) / self.run_steps(cfg)
+
+
+def allowed_steps(cfg: RunConfig, observed: dict | None = None, margin: float = STEPS_MARGIN) -> int:
+    """The steps a run is allowed under a time limit (the sweep's bounds, a lease's plan): `margin` times the
+    cost model's; where its row has finished runs under its reading (`observed_steps`, on any device), their
+    mean times OBSERVED_MARGIN from OBSERVED_MIN of them, or times `margin` while they are fewer (the first to
+    finish in a time-limited sweep are the shortest); never more than the run's max_steps."""
+    mean, n = (observed or {}).get(row_key(cfg), (estimated_steps(cfg), 0))
+    return min(cfg.max_steps, math.ceil(mean * (OBSERVED_MARGIN if n >= OBSERVED_MIN else margin)))
 
 
 def row_key(cfg: RunConfig) -> tuple:

@@ -5,7 +5,8 @@ recorded (ROWS: Table 2's and Table 3's F1 rows under the default reading, then 
 reading), or the rest by the configs' priorities once the rows are done (or none of theirs fits the time), and passes the runs it expects to finish (in that order,
 each with its pack's bound), the workers and the pack size to `nerepro sweep --runs FILE --workers-per-device K
 --max-pack P`, with a --time-limit that ends when the last of them is planned to end.
-The decision reads the cost model (`cost.estimated_steps`, `cost.flop_per_sample`) and what the last lease
+The decision reads the cost model (`cost.estimated_steps`, `cost.flop_per_sample`), the steps of the rows'
+finished runs in the results directory (`observed_in`), and what the last lease
 measured on an H100 (`H100` below; results/performance.md, results/gpu/h100-2026-11-28/):
 
 - A step takes max(host, device) time: the host launches the same kernels whatever B (F1: 2.9-4.5 ms a step),
@@ -18,7 +19,8 @@ measured on an H100 (`H100` below; results/performance.md, results/gpu/h100-2026
   the packs nor where the last lease measured no further gain.
 - The pack size is the one (of max_pack .. 1) with which the most of the rows' runs finish within the time,
   row by row in their order (then the most runs, then the earlier end, then the larger pack), simulated pack
-  by pack in the sweep's order, each taking its bound: its steps the cost model's times `cost.STEPS_MARGIN`.
+  by pack in the sweep's order, each taking its bound: its runs' most allowed steps (`cost.allowed_steps`: the
+  row's finished runs' mean, or the cost model's, times a margin), and an Eq. (1) step its checks' passes.
   The sweep gets each pack's bound with its runs (`--runs`) and starts a pack only where it fits the time left
   (`sweep.Schedule`; once runs of its kind are measured, at their speed), so the plan's packs are the sweep's.
 """
@@ -32,8 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import RunConfig
-from .cost import (OBSERVED_MARGIN, OBSERVED_MIN, STEPS_MARGIN, estimated_steps, flop_per_sample, n_train,
-                   observed_steps, row_key)
+from .cost import OBSERVED_MARGIN, OBSERVED_MIN, STEPS_MARGIN, allowed_steps, flop_per_sample, n_train, observed_steps
 from .sweep import form_packs, pause_margin, sweep_order
 
 
@@ -147,11 +148,8 @@ def checked_per_step(cfg: RunConfig) -> float:
 
 
 def bound_steps(cfg: RunConfig, margin: float = STEPS_MARGIN, observed: dict | None = None) -> int:
-    """The steps a run's pack is allowed: `margin` times the cost model's; where its row has finished runs under
-    its reading (`cost.observed_steps`, on any device), their mean times OBSERVED_MARGIN, or times `margin`
-    while they are fewer than OBSERVED_MIN (the first to finish in a time-limited sweep are the shortest)."""
-    mean, n = (observed or {}).get(row_key(cfg), (estimated_steps(cfg), 0))
-    return math.ceil(mean * (OBSERVED_MARGIN if n >= OBSERVED_MIN else margin))
+    """The steps a run's pack is allowed: `cost.allowed_steps`, as the sweep's own bounds."""
+    return allowed_steps(cfg, observed, margin)
 
 
 def observed_in(results: Path | None) -> dict:
@@ -278,8 +276,9 @@ def _reason(runs, seconds, workers, size, share, units, outcome, device, margin,
                 f"{workers} run side by side without slowing each other")
     sizes = f"packs of up to {size}" if size > 1 else "runs alone"
     text = (f"{len(runs)} runs planned for on {device.name}: {window:.0f} s to train of the sweep's {seconds:.0f} s "
-            f"(start {seconds - pause - window:.0f} s, pause {pause:.0f} s), steps {margin:g}x the cost model's "
-            f"(or {OBSERVED_MARGIN:g}x the mean of a row's {OBSERVED_MIN}+ finished runs); "
+            f"(start {seconds - pause - window:.0f} s, pause {pause:.0f} s), steps {margin:g}x the cost model's, or "
+            f"the mean of a row's finished runs times {OBSERVED_MARGIN:g} from {OBSERVED_MIN} of them, else "
+            f"{margin:g}; "
             f"{sizes}: {'; '.join(kinds.values())}. {rule}. {sizes[0].upper()}{sizes[1:]} finish the most of them: "
             f"{outcome.done} of {len(runs)}" + (f", the last at {outcome.end:.0f} s" if outcome.done else ""))
     not_started = [u for u in outcome.not_started if row_of(u[0]) is not None]

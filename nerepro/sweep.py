@@ -17,8 +17,7 @@ import torch
 
 from . import data as datasets
 from .config import RunConfig
-from .cost import (STEPS_MARGIN, Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples,
-                   estimated_steps, observed_steps)
+from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples, observed_steps
 from .errors import ConfigError, ResultsError
 from .faults import (CUDA_EXIT, CUDA_RETRIES, BrokenContext, cuda_failures, log_events, log_size,
                      sticky_cuda_error)
@@ -280,15 +279,15 @@ class Schedule:
     and so might be paused at the deadline (an F1 checkpoint, 23 MB, may never come back from a lease).
     `planned`: run id -> seconds its pack may take, from a plan (`nerepro sweep --runs`), the bound of a run
     until runs of its own kind have been measured in this sweep, times the slowdown the measured kinds showed
-    against their plan (a plan's rate is a guess; the first packs tell): the plan is taken to allow the
-    throughput's steps with its margin (`Throughput.run_steps`, `margin`: the rows' finished runs where the
-    throughput has them, as the lease plan's `bound_steps`)."""
+    against their plan (a plan's rate is a guess; the first packs tell): the plan is taken to allow its pack the
+    most steps any of its runs is allowed (`Throughput.bound_steps`: from the rows' finished runs where the
+    throughput has them, as the lease plan's and a CPU plan's bounds)."""
 
     def __init__(self, units: list[list[RunConfig]], deadline: float | None, throughput: Throughput,
                  planned: dict | None = None):
         self.queue, self.deadline, self.throughput = list(units), deadline, throughput
         self.planned = planned or {}
-        self.kinds = {Throughput.kind(c): c for unit in units for c in unit if c.run_id in self.planned}
+        self.kinds = {Throughput.kind(c): (c, unit) for unit in units for c in unit if c.run_id in self.planned}
         self.unknown_until = None if deadline is None else deadline - 0.25 * max(0.0, deadline - time.time())
         self.refused = False  # a pack has not fitted: packs of unknown time are not started any more
 
@@ -308,8 +307,8 @@ class Schedule:
     def slowdown(self) -> float:
         """How many times slower a step ran than planned, over the planned kinds measured so far (at least 1)."""
         ratios = [(self.throughput.seconds(c) / self.throughput.run_steps(c))
-                  / (self.planned[c.run_id] / (self.throughput.run_steps(c) * self.throughput.margin(c)))
-                  for c in self.kinds.values() if self.throughput.measured(c)]
+                  / (self.planned[c.run_id] / max(self.throughput.bound_steps(m) for m in unit))
+                  for c, unit in self.kinds.values() if self.throughput.measured(c)]
         return max([1.0, *ratios])
 
     def give_back(self, unit: list[RunConfig], records: list[dict]) -> None:
@@ -618,8 +617,8 @@ def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", 
     the runs go to GPUs (on a CPU a pack ran slower than its runs one after another: README, 'Packs')."""
     results = ResultsDir(root)
     units = form_packs(runs, max_pack if resolve_pack(pack, executor, options) == "on" else 1, priority)
-    # each run's steps from its row's runs recorded so far (cost.Throughput): the bounds under a deadline
-    options.setdefault("observed", observed_steps(load_records(results.root)[0]) if results.runs.is_dir() else {})
+    if options.get("deadline") is not None and results.runs.is_dir():  # the bounds: each row's steps so far
+        options.setdefault("observed", observed_steps(load_records(results.root)[0]))
     if executor == "ray":
         return run_ray(units, results, **options)
     return run_local(units, results, **options)

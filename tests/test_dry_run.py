@@ -152,6 +152,13 @@ def test_measured_time_charges_a_packed_run_its_share():
     alone = measured_throughput([{**checked, "wall_s": 5.0, "check_s": 1.0}])
     packed = measured_throughput([{**checked, "wall_s": 20.0, "check_s": 4.0, "pack_size": 4}])
     assert packed.seconds(cfg) == pytest.approx(alone.seconds(cfg)) == pytest.approx(4.0 * estimated_steps(cfg) / 500)
+    # and an Eq. (1) run at another B, timed from that B's steps plus those checks, a pack's share of them
+    other = {**record, "batch_size": 200, "samples_processed": 200_000, "wall_s": 6.0, "check_s": 0.0,
+             "stop_loss": "ne_epoch_mean"}  # the default reading at B = 200
+    eq1 = RunConfig("F1", 1.5, 200, seed=0, stop_loss="full", sampling="independent", check_every=50)
+    for throughput in (measured_throughput([{**checked, "wall_s": 5.0, "check_s": 1.0}, other]),
+                       measured_throughput([{**checked, "wall_s": 20.0, "check_s": 4.0, "pack_size": 4}, other])):
+        assert throughput.seconds(eq1) == pytest.approx(estimated_steps(eq1) * (6.0 / 500 + 1.0 / 500))
     # a rate naming the run's network or precision wins over the measured speed; nothing known: unknown
     assert estimated_seconds(cfg, alone, {"tf32": 1.0}) == (pytest.approx(alone.seconds(cfg)), "measured")
     assert estimated_seconds(cfg, alone, {"fp32": 1.0})[1] == "fp32=1"
@@ -257,7 +264,7 @@ def test_a_cpu_plan_times_a_reading_not_run_on_a_row_from_the_rows_steps_and_the
     # the other way round: a reading without checks of L(w) takes the row's fastest steps less their checks
     keras_plain = RunConfig("F1", 1.0, 900, seed=3)
     assert throughput.seconds(keras_plain) == pytest.approx(estimated_steps(keras_plain) * 1_400.0 / 8_000)
-    # a run that checks L(w) every epoch (15 steps here), which no run did: the network's guess at the fastest
+    # a run that checks L(w) every epoch (30 steps here), which no run did: the network's guess at the fastest
     # samples per second (seed 0 of the default reading's NE row), not the checks of runs every 50 steps
     epoch_checks = RunConfig("F1", 1.5, 2000, seed=4, **{**eq1, "check_every": "epoch"})
     assert throughput.seconds(epoch_checks) == pytest.approx(estimated_steps(epoch_checks) * 5_600.5 / 10_000)
