@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +94,7 @@ class Throughput:
             interval = record.get("check_interval", record.get("check_every"))
             if key[3] and check_s and record["status"] == "converged" and isinstance(interval, int):
                 size = record.get("n_train") or record.get("subset") or TRAIN_SIZE[record["network"]]
-                checks = self.checks[record["network"], size, interval]
-                checks[0] += record["steps"]
-                checks[1] += check_s
+                self._keep(self.checks[record["network"], size, interval], record["steps"], check_s, pooled=True)
         if self.fastest:  # keep the fastest run of each key (steps / seconds largest)
             self._keep(self.steps[key], record["steps"], seconds)
             if not network[0] or record["samples_processed"] / seconds > network[1] / network[2]:
@@ -115,10 +114,10 @@ class Throughput:
         """The steps a run is allowed (`allowed_steps` with this throughput's finished runs)."""
         return allowed_steps(cfg, self.observed)
 
-    def _keep(self, entry: list, steps: int, seconds: float) -> None:
-        """Add a run's steps and seconds to a [steps, seconds] entry: pooled, or with `fastest` the run with the
-        most steps a second."""
-        if not self.fastest:
+    def _keep(self, entry: list, steps: int, seconds: float, pooled: bool = False) -> None:
+        """Add a run's steps and seconds to a [steps, seconds] entry: pooled (always with `pooled`), or with
+        `fastest` the run with the most steps a second."""
+        if pooled or not self.fastest:
             entry[0] += steps
             entry[1] += seconds
         elif seconds > 0 and (not entry[0] or steps * entry[1] > entry[0] * seconds):
@@ -162,6 +161,13 @@ def allowed_steps(cfg: RunConfig, observed: dict | None = None, margin: float = 
     finish in a time-limited sweep are the shortest); never more than the run's max_steps."""
     mean, n = (observed or {}).get(row_key(cfg), (estimated_steps(cfg), 0))
     return min(cfg.max_steps, math.ceil(mean * (OBSERVED_MARGIN if n >= OBSERVED_MIN else margin)))
+
+
+def observed_in(results: Path | str | None) -> dict:
+    """observed_steps of the records in a results directory (none, or no runs there: {})."""
+    from .results import load_records
+
+    return observed_steps(load_records(results)[0]) if results and Path(results, "runs").is_dir() else {}
 
 
 def row_key(cfg: RunConfig) -> tuple:

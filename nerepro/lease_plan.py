@@ -6,7 +6,7 @@ reading), or the rest by the configs' priorities once the rows are done (or none
 each with its pack's bound), the workers and the pack size to `nerepro sweep --runs FILE --workers-per-device K
 --max-pack P`, with a --time-limit that ends when the last of them is planned to end.
 The decision reads the cost model (`cost.estimated_steps`, `cost.flop_per_sample`), the steps of the rows'
-finished runs in the results directory (`observed_in`), and what the last lease
+finished runs in the results directory (`cost.observed_in`), and what the last lease
 measured on an H100 (`H100` below; results/performance.md, results/gpu/h100-2026-11-28/):
 
 - A step takes max(host, device) time: the host launches the same kernels whatever B (F1: 2.9-4.5 ms a step),
@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import RunConfig
-from .cost import OBSERVED_MARGIN, OBSERVED_MIN, STEPS_MARGIN, allowed_steps, flop_per_sample, n_train, observed_steps
+from .cost import OBSERVED_MARGIN, OBSERVED_MIN, STEPS_MARGIN, allowed_steps, flop_per_sample, n_train
 from .sweep import form_packs, pause_margin, sweep_order
 
 
@@ -147,18 +147,6 @@ def checked_per_step(cfg: RunConfig) -> float:
     return n_train(cfg) / cfg.check_interval(n_train(cfg)) if cfg.effective_stop_loss == "full" else 0.0
 
 
-def bound_steps(cfg: RunConfig, margin: float = STEPS_MARGIN, observed: dict | None = None) -> int:
-    """The steps a run's pack is allowed: `cost.allowed_steps`, as the sweep's own bounds."""
-    return allowed_steps(cfg, observed, margin)
-
-
-def observed_in(results: Path | None) -> dict:
-    """cost.observed_steps of the records in a results directory (none: {})."""
-    from .results import load_records
-
-    return observed_steps(load_records(results)[0]) if results and Path(results, "runs").is_dir() else {}
-
-
 def device_share(unit: list[RunConfig], device: DeviceModel) -> float:
     """The share of the device's time a pack keeps busy when it runs alone."""
     step, _, arithmetic = step_time(unit, device)
@@ -181,13 +169,13 @@ def limit_for(window: float, workers: int, device: DeviceModel) -> float:
 def simulate(units: list[list[RunConfig]], workers: int, window: float, device: DeviceModel,
              margin: float = STEPS_MARGIN, observed: dict | None = None) -> Outcome:
     """Packs taken in order by the first free of `workers` workers that do not slow each other (the plan keeps
-    their shares within the device), each taking its bound (`bound_steps` of its runs) and started only where
+    their shares within the device), each taking its bound (`cost.allowed_steps` of its runs) and started only where
     the sweep would start it: where that bound, which the session gives the sweep (`--runs`), fits the time
     left."""
     free, out = [0.0] * workers, Outcome()
     for unit in units:
         start = min(free)
-        steps = [bound_steps(c, margin, observed) for c in unit]
+        steps = [allowed_steps(c, observed, margin) for c in unit]
         seconds = device.run_s + max(steps) * step_time(unit, device)[0]
         out.bounds.update((c.run_id, seconds) for c in unit)
         if start + seconds > window:
@@ -263,7 +251,7 @@ def _reason(runs, seconds, workers, size, share, units, outcome, device, margin,
         kinds.setdefault((u[0].network, u[0].batch_size, u[0].alpha != 1, len(u)), (
             f"{_describe([u])}: {1e3 * step:.1f} ms a step ({1e3 * arithmetic:.1f} ms of arithmetic, {1e3 * host:.1f} "
             f"ms of launches: {bound}, {100 * device_share(u, device):.0f}% of the device), "
-            f"{max(bound_steps(c, margin, observed) for c in u) * step:.0f} s alone"))
+            f"{max(allowed_steps(c, observed, margin) for c in u) * step:.0f} s alone"))
     if device.max_workers == 1:
         rule = "One worker: on this device a run needs all of it"
     elif share > 0.5:

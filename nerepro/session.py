@@ -398,7 +398,8 @@ def _run(s: Session, args) -> None:
 
 def plan_both(args, results: Path) -> dict:
     """The lease plan with packs and without, for the time the sweep can have."""
-    from .lease_plan import CPU, H100, observed_in, plan_lease, planned_runs
+    from .cost import observed_in
+    from .lease_plan import CPU, H100, plan_lease, planned_runs
 
     device = CPU if args.device == "cpu" else H100
     if args.tflops:
@@ -545,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_plan(args) -> int:
     """The rows a lease of --seconds finishes at the planned pack rate and at the pessimistic one."""
     from .errors import ConfigError
-    from .lease_plan import CPU, H100, PESSIMISTIC_TFLOPS, observed_in, plan_lease, planned_runs
+    from .cost import observed_in
+    from .lease_plan import CPU, H100, PESSIMISTIC_TFLOPS, plan_lease, planned_runs
 
     device = CPU if args.device == "cpu" else H100
     if args.tflops:

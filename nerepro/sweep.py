@@ -17,12 +17,12 @@ import torch
 
 from . import data as datasets
 from .config import RunConfig
-from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples, observed_steps
+from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples, observed_in
 from .errors import ConfigError, ResultsError
 from .faults import (CUDA_EXIT, CUDA_RETRIES, BrokenContext, cuda_failures, log_events, log_size,
                      sticky_cuda_error)
 from .record import provenance, read_record
-from .results import ResultsDir, load_records
+from .results import ResultsDir
 from .pack import pack_key, packable
 from .train import OutOfTime, resolve_device, train_pack
 
@@ -281,7 +281,7 @@ class Schedule:
     until runs of its own kind have been measured in this sweep, times the slowdown the measured kinds showed
     against their plan (a plan's rate is a guess; the first packs tell): the plan is taken to allow its pack the
     most steps any of its runs is allowed (`Throughput.bound_steps`: from the rows' finished runs where the
-    throughput has them, as the lease plan's and a CPU plan's bounds)."""
+    throughput has them: `cost.allowed_steps`, as the lease plan's and a CPU plan's bounds)."""
 
     def __init__(self, units: list[list[RunConfig]], deadline: float | None, throughput: Throughput,
                  planned: dict | None = None):
@@ -617,8 +617,8 @@ def run_sweep(runs: list[RunConfig], root: Path | str, executor: str = "local", 
     the runs go to GPUs (on a CPU a pack ran slower than its runs one after another: README, 'Packs')."""
     results = ResultsDir(root)
     units = form_packs(runs, max_pack if resolve_pack(pack, executor, options) == "on" else 1, priority)
-    if options.get("deadline") is not None and results.runs.is_dir():  # the bounds: each row's steps so far
-        options.setdefault("observed", observed_steps(load_records(results.root)[0]))
+    if options.get("deadline") is not None:  # the bounds: each row's steps so far
+        options.setdefault("observed", observed_in(results.root))
     if executor == "ray":
         return run_ray(units, results, **options)
     return run_local(units, results, **options)

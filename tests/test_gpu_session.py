@@ -298,17 +298,18 @@ def test_a_leases_bounds_take_a_rows_finished_steps_and_a_step_its_checks_of_l_w
 
     from nerepro.config import PROTOCOLS
     from nerepro.cost import OBSERVED_MARGIN, OBSERVED_MIN
-    from nerepro.lease_plan import bound_steps, observed_in, step_time
+    from nerepro.cost import allowed_steps, observed_in
+    from nerepro.lease_plan import step_time
 
     eq1 = PROTOCOLS["eq1"]
     cfg = RunConfig("F1", 1.5, 2000, seed=9, **eq1)
-    assert bound_steps(cfg) == math.ceil(estimated_steps(cfg) * STEPS_MARGIN)
+    assert allowed_steps(cfg) == math.ceil(estimated_steps(cfg) * STEPS_MARGIN)
     few = write(tmp_path / "few", [record("F1", 1.5, 2000, s, steps=9_000 + 100 * s, **eq1) for s in range(2)])
-    assert bound_steps(cfg, observed=observed_in(few)) == math.ceil(9_050 * STEPS_MARGIN)
+    assert allowed_steps(cfg, observed_in(few)) == math.ceil(9_050 * STEPS_MARGIN)
     many = write(tmp_path / "many", [record("F1", 1.5, 2000, s, steps=9_000 + 100 * s, **eq1)
                                      for s in range(OBSERVED_MIN)] + [record("F1", 1.5, 2000, 5, steps=1)])
     mean = 9_000 + 100 * (OBSERVED_MIN - 1) / 2  # the default reading's record is another row
-    assert bound_steps(cfg, observed=observed_in(many)) == math.ceil(mean * OBSERVED_MARGIN)
+    assert allowed_steps(cfg, observed_in(many)) == math.ceil(mean * OBSERVED_MARGIN)
     assert observed_in(tmp_path / "none") == {}
     plain = RunConfig("F1", 1.5, 2000, seed=9)  # the default reading: no checks of L(w)
     assert step_time([cfg], H100)[2] == pytest.approx(step_time([plain], H100)[2] * (4_000 + 60_000 / 50 / 3) / 4_000)
@@ -409,7 +410,8 @@ def test_the_slowdown_reads_a_plan_made_from_a_rows_finished_steps_on_the_same_s
     from records import record, write
 
     from nerepro.cost import OBSERVED_MARGIN
-    from nerepro.lease_plan import observed_in, simulate, step_time
+    from nerepro.cost import observed_in
+    from nerepro.lease_plan import simulate, step_time
 
     records = [record("F1", a, 5000, s, steps=steps) for a, steps in ((2.0, 4_000), (3.0, 8_000)) for s in range(3)]
     observed = observed_in(write(tmp_path / "r", records))
