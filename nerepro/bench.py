@@ -307,16 +307,25 @@ def bench_workers(cfgs: list[RunConfig], workers: int, warmup: int, data_dir: st
     """The runs in `workers` spawned processes, as a sweep's workers: each loads the data, warms up, waits for
     the others, then trains every `workers`-th run. The time is the longest sum of a worker's loops (they run
     side by side from the barrier on): process starts, loading and model construction are not timed."""
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(workers, timeout=600), ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)  # the sweep's split of the cores (sweep.run_local)
-    procs = [ctx.Process(target=_bench_worker, args=(cfgs[k::workers], threads, warmup, data_dir, barrier, results))
-             for k in range(workers)]
+    done = side_by_side(_bench_worker, [(cfgs[k::workers], warmup) for k in range(workers)], threads, data_dir)
+    records = [r for d in done for r in d]
+    seconds = max(sum(r["loop_s"] for r in d) for d in done)
+    return {"workers": workers, "threads": threads, **timing(records, seconds, flops)}
+
+
+def side_by_side(target, work: list[tuple], threads: int, data_dir: str | None) -> list:
+    """`target(*work[k], threads, data_dir, barrier, results)` in one spawned process per item of `work`, as a
+    sweep's workers run side by side; each puts its result on `results` (a str: its error) and waits at the
+    barrier (shared by all) before what it times. Returns the workers' results, in the order they finished."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(len(work), timeout=600), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, threads, data_dir, barrier, results)) for args in work]
     for proc in procs:
         proc.start()
+    done = []
     try:
-        done = []
-        while len(done) < workers:
+        while len(done) < len(procs):
             try:
                 done.append(results.get(timeout=1.0))
             except queue.Empty:
@@ -324,17 +333,15 @@ def bench_workers(cfgs: list[RunConfig], workers: int, warmup: int, data_dir: st
                     raise RuntimeError("a benchmark worker process died") from None
     finally:
         for proc in procs:
-            if proc.is_alive() and len(done) < workers:
+            if proc.is_alive() and len(done) < len(procs):
                 proc.terminate()
             proc.join()
     for error in (d for d in done if isinstance(d, str)):
         raise RuntimeError(f"a benchmark worker failed: {error}")
-    records = [r for d in done for r in d]
-    seconds = max(sum(r["loop_s"] for r in d) for d in done)
-    return {"workers": workers, "threads": threads, **timing(records, seconds, flops)}
+    return done
 
 
-def _bench_worker(cfgs: list[RunConfig], threads: int, warmup: int, data_dir: str | None, barrier, results) -> None:
+def _bench_worker(cfgs: list[RunConfig], warmup: int, threads: int, data_dir: str | None, barrier, results) -> None:
     try:
         torch.set_num_threads(threads)
         dev = resolve_device(cfgs[0].device)

@@ -194,6 +194,11 @@ def sweep(
         help="Wall time this sweep may take (seconds, or 90s, 10m, 2h): runs that cannot finish in the time "
              "left are not started, running ones pause in their checkpoints, and it exits 0; rerun to "
              "continue.")] = None,
+    calibrate: Annotated[Optional[float], typer.Option(
+        help="On the CPU: first train each kind of run to do (network, B, NE or not) for about this many seconds, "
+             "the workers side by side, and plan at the records' speed times this machine's step time over "
+             "theirs; 0: at the records' speed [default: 10 with --time-limit, else 0; give it to --dry-run to "
+             "see the plan the sweep will make].")] = None,
     data_dir: DataDir = None,
 ):
     """Run every run of the configs' grids not yet recorded in --results; kill it and rerun it at will.
@@ -213,6 +218,8 @@ def sweep(
         raise ConfigError("--workers-per-device must be at least 1")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    if calibrate is not None and calibrate < 0:
+        raise ConfigError(f"--calibrate takes seconds, 0 or more (0: plan at the records' speed), got {calibrate:g}")
     if pack not in ("auto", "on", "off") or max_pack < 1:
         raise ConfigError(f"--pack takes auto, on or off and --max-pack a positive number, got {pack!r}, {max_pack}")
     started = time.time()
@@ -245,8 +252,14 @@ def sweep(
         # a Ray cluster is not started for a dry run: auto is shown as packing
         resolved = resolve_pack(pack, options={"device": device}) if executor == "local" else pack
         records = _records(store) if store.runs.is_dir() else []
+        scale = {}
+        if calibrate and not rates and where and where[0] == "cpu":
+            from .plan import planning_throughput
+
+            scale = _calibrated(planning_throughput(records, where, threads)[0], [c for c in runs if c.run_id not in done],
+                                where, threads, calibrate, data_dir)
         for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
-                                  listed=list_runs, threads=threads):
+                                  listed=list_runs, threads=threads, scale=scale):
             typer.echo(line)
         return
     from .record import check_writable
@@ -263,6 +276,10 @@ def sweep(
 
         where = slots(device, workers_per_device)
         throughput, _ = planning_throughput(_records(store), where, threads)
+        if where[0] == "cpu" and (calibrate is None or calibrate):
+            from .calibrate import SECONDS
+
+            _calibrated(throughput, todo, where, threads, calibrate or SECONDS, data_dir, store)
         for cfg in todo:
             if (seconds := throughput.seconds(cfg)) is not None:
                 store.log(f"planned:{seconds:.4g}", cfg.run_id)
@@ -294,6 +311,22 @@ def sweep(
                    "command to continue")
     if counts.get("error", 0) or (missing and not limit):
         raise typer.Exit(1)
+
+
+def _calibrated(throughput, todo: list, where: list[str], threads: int | None, seconds: float,
+               data_dir: Path | None, store=None) -> dict:
+    """Set throughput.scale for a plan of `todo` on this machine's CPU workers (calibrate.py), print what was
+    timed (and log it to the store's sweep.log: `calibrated:<factor>` beside the run timed); return the scale."""
+    from .calibrate import calibrate, kinds
+    from .sweep import worker_threads
+
+    threads = threads or worker_threads(len(where))
+    workers = min(len(where), len(todo))  # as many side by side as the sweep will run
+    for line in calibrate(throughput, todo, workers, threads, seconds, str(data_dir) if data_dir else None):
+        typer.echo(line)
+    for cfg in kinds(todo, throughput) if store is not None else []:
+        store.log(f"calibrated:{throughput.scale[throughput.kind(cfg)[:3]]:.4g}", cfg.run_id)
+    return throughput.scale
 
 
 def listed_runs(path: Path, configs: list, kept: list) -> tuple[list, dict]:

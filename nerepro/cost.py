@@ -28,6 +28,7 @@ DEVICE_OVERHEAD = 1.5 * 2 ** 30  # CUDA context, cuDNN/cuBLAS workspaces, alloca
 STEPS_MARGIN = 1.4
 OBSERVED_MARGIN = 1.2
 OBSERVED_MIN = 3  # runs of a row whose mean steps take OBSERVED_MARGIN (fewer: the first to finish, often the shortest)
+MACHINE = "machine"  # Throughput.scale's key of the factor for kinds not timed on this machine themselves
 
 
 def _reference_steps() -> dict[str, tuple[int, float]]:
@@ -81,6 +82,8 @@ class Throughput:
         # (network, B, NE) -> [steps, seconds without loss checks]; (network, n_train, steps between checks) ->
         # [steps, seconds of L(w) checks], pooled
         self.training, self.checks = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0.0])
+        # (network, B, NE) -> this machine's step time over the records' (calibrate.py); MACHINE: the kinds' median
+        self.scale: dict = {}
 
     def add(self, record: dict) -> None:
         seconds = record.get("wall_s")
@@ -124,6 +127,18 @@ class Throughput:
             entry[:] = [steps, seconds]
 
     def seconds(self, cfg: RunConfig) -> float | None:
+        """Seconds the run should take at the records' speed, times this machine's step time over theirs (`scale`,
+        set by calibrate.py: its (network, B, NE), else the median of the kinds timed, else 1)."""
+        seconds = self._recorded_seconds(cfg)
+        return None if seconds is None else seconds * self.scale.get(self.kind(cfg)[:3], self.scale.get(MACHINE, 1.0))
+
+    def step_s(self, cfg: RunConfig) -> float | None:
+        """Seconds a training step of cfg's (network, B, NE) took in the records, loss checks excluded (the
+        fastest run's with `fastest`); None where none says its check time."""
+        steps, s = self.training.get(self.kind(cfg)[:3], (0, 0.0))
+        return s / steps if steps and s > 0 else None
+
+    def _recorded_seconds(self, cfg: RunConfig) -> float | None:
         kind = self.kind(cfg)
         steps, s = self.steps.get(kind, (0, 0.0))
         if steps:

@@ -117,13 +117,16 @@ def planning_throughput(records: list[dict], slots: list[str] | None, threads: i
 
 def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records: list[dict],
                   rates: dict[str, float], pack: str, resolved: str, max_pack: int, slots: list[str] | None,
-                  results: str, listed: bool = False, threads: int | None = None) -> list[str]:
+                  results: str, listed: bool = False, threads: int | None = None,
+                  scale: dict | None = None) -> list[str]:
     """The dry run's report: the table, then what the time means and how to get it where it is unknown.
     `records`: those in the results directory (the speed of those run on this machine's kind of device, cpu or
     cuda, is the measured throughput); `pack` as given and as the sweep resolves it (on/off); `slots`: the
-    sweep's workers on this machine (None: a Ray cluster, any device)."""
+    sweep's workers on this machine (None: a Ray cluster, any device); `scale`: this machine's step time over the
+    records' (calibrate.py; none: the records' speed)."""
     kind = slots[0].split(":")[0] if slots else None
     throughput, timed = planning_throughput(records, slots, threads)
+    throughput.scale = dict(scale or {})
     rows = plan_rows(runs, done, priority, max_pack if resolved != "off" else 1, throughput, rates)
     total = rows[-1]
     packs = f"on, up to {max_pack} F1 runs differing in seed and alpha per program" if resolved != "off" else \
@@ -141,7 +144,8 @@ def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records
             lines.append(f"device time: at the speed of the {len(timed):,} runs recorded in {results} on {on} (a "
                          "packed run counts its share of its pack)" + (
                              "; on a CPU each row at its fastest run's speed with the sweep's threads per worker, and "
-                             "steps as its row's finished runs took" if kind == "cpu" else ""))
+                             "steps as its row's finished runs took" if kind == "cpu" else "")
+                         + ("; scaled to this machine's speed by --calibrate (above)" if throughput.scale else ""))
         else:
             lines.append(f"device time: at --tflops {source} TFLOP/s (the FLOP column / that rate)")
     if total.seconds:

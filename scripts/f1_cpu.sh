@@ -11,7 +11,9 @@
 # into the checkout's results directory. Workers are single-threaded, one per core by default (the CPU's
 # best throughput for F1, results/performance.md), niced. A run is started only if its estimated time fits
 # what is left of TIME (the sweep's --time-limit); a run still going at the limit pauses in its checkpoint
-# (results/f1/checkpoints/, not committed) and the next call continues it. The plan is printed first.
+# (results/f1/checkpoints/, not committed) and the next call continues it. The plan is printed first: the
+# records' fastest speed scaled to this machine's by CALIBRATE seconds (default 10) of training each kind of
+# run to do here, the workers side by side (`--calibrate`; the sweep times them again before it plans).
 set -euo pipefail
 {  # the whole script is read before it runs: editing the checkout meanwhile cannot change what runs
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ CONFIG=${CONFIG:-configs/f1.toml}
 RESULTS=${RESULTS:-results/f1}
 PRIORITY=${PRIORITY:-1}
 TIME=${TIME:-2h}
+CALIBRATE=${CALIBRATE:-10}
 CORES=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')
 WORKERS=${WORKERS:-$CORES}
 THREADS=${THREADS:-1}
@@ -46,7 +49,7 @@ run() {  # nerepro from the worktree, writing into the checkout's results
     --workers-per-device "$WORKERS" --threads "$THREADS" "$@")
 }
 echo "f1-cpu: commit ${commit:0:10}, $CONFIG priorities <= $PRIORITY -> $RESULTS, $WORKERS worker(s) x $THREADS thread(s), for $TIME"
-run --dry-run
-run --time-limit "$TIME"
+run --dry-run --calibrate "$CALIBRATE"
+run --time-limit "$TIME" --calibrate "$CALIBRATE"
 exit
 }

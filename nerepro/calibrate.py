@@ -1,0 +1,101 @@
+"""A CPU sweep's plan for the machine it runs on: the records' speed, scaled by a few seconds of training here.
+
+A CPU sweep plans each run at its row's fastest recorded speed (plan.planning_throughput). Machines that call
+themselves the same CPU ("AMD EPYC") differ by a third between sessions (results/performance.md), so a plan
+from the fastest record alone is a plan for the fastest machine. `calibrate` trains each kind of run to do,
+(network, B, NE or not), for a few seconds here, the sweep's workers side by side at its threads each as the
+sweep will run them, and sets `Throughput.scale` to this machine's training step time over the records' (loss
+checks left out of both; the records' check time is scaled with their steps).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .bench import bench_data, side_by_side
+from .config import RunConfig
+from .cost import MACHINE, Throughput
+from .errors import ConfigError
+from .train import train
+
+SECONDS = 10.0  # of training timed of each kind by default (a sweep under --time-limit on the CPU)
+WARMUP = 2  # steps before the timed ones (the first allocates the model's buffers)
+MAX_STEPS = 1000  # the most steps timed of a kind, however fast its records
+
+
+def kinds(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
+    """The first run of each (network, B, NE) among `runs` whose recorded step time is known (the ones a factor
+    can be measured for), in the runs' order."""
+    chosen = {}
+    for cfg in runs:
+        if throughput.step_s(cfg) is not None:
+            chosen.setdefault(Throughput.kind(cfg)[:3], cfg)
+    return list(chosen.values())
+
+
+def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threads: int, seconds: float,
+              data_dir: str | None = None) -> list[str]:
+    """Time about `seconds` of training steps of each kind of `runs` (`kinds`) in `workers` processes side by side,
+    set throughput.scale to each kind's step time here over its records' (MACHINE: their median, for the kinds
+    with no step time recorded) and return a line per kind saying so (none where no kind has a record)."""
+    if seconds <= 0:
+        raise ConfigError(f"--calibrate takes the seconds to time each kind of run, more than 0, got {seconds:g}")
+    chosen = kinds(runs, throughput)
+    if not chosen:
+        return []
+    work = [(cfg.replace(device="cpu", trace=False, max_steps=WARMUP + timed_steps(seconds, throughput.step_s(cfg))))
+            for cfg in chosen]
+    measured = side_by_side(_time_steps, [(work,)] * workers, threads, data_dir)
+    lines = []
+    for i, cfg in enumerate(chosen):
+        here, recorded = statistics.mean(m[i] for m in measured), throughput.step_s(cfg)
+        throughput.scale[Throughput.kind(cfg)[:3]] = here / recorded
+        lines.append(f"calibration: {cfg.network} B={cfg.batch_size} alpha={cfg.alpha:g}: {here:.3g} s a training "
+                     f"step here ({workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}, "
+                     f"{work[i].max_steps - WARMUP} steps) against {recorded:.3g} s in the records: plan x"
+                     f"{here / recorded:.2f}")
+    throughput.scale[MACHINE] = statistics.median(throughput.scale[Throughput.kind(c)[:3]] for c in chosen)
+    return lines
+
+
+def timed_steps(seconds: float, step_s: float) -> int:
+    """Steps that take about `seconds` at the records' step time (3 to MAX_STEPS)."""
+    return max(3, min(MAX_STEPS, round(seconds / step_s)))
+
+
+def step_seconds(cfg: RunConfig, data) -> float:
+    """Seconds a training step of `cfg` takes here, its loss checks left out: the mean over its steps after
+    WARMUP (cfg.max_steps in all)."""
+    marks = {}
+
+    def clock(step: int, state) -> None:
+        if step == 0:
+            marks["loop"] = time.perf_counter()
+        if step == WARMUP:
+            marks["timed"], marks["check_s"] = time.perf_counter(), state.check_s
+
+    record = train(cfg, data=data, final_evaluation=False, before_step=clock)
+    steps = record["steps"] - WARMUP
+    if "timed" not in marks or steps <= 0:
+        raise RuntimeError(f"{cfg.run_id} ended ({record['status']}) at step {record['steps']}: nothing to time")
+    loop_s = record["loop_s"] - (marks["timed"] - marks["loop"])
+    return (loop_s - (record["check_s"] - marks["check_s"])) / steps
+
+
+def _time_steps(work: list[RunConfig], threads: int, data_dir: str | None, barrier, results) -> None:
+    """A worker of `calibrate`: each kind's step time, all workers starting each kind together."""
+    try:
+        torch.set_num_threads(threads)
+        data, times = {}, []
+        for cfg in work:
+            if cfg.network not in data:
+                data[cfg.network] = bench_data(cfg.network, torch.device("cpu"), data_dir)[0]
+            barrier.wait()
+            times.append(step_seconds(cfg, data[cfg.network]))
+        results.put(times)
+    except Exception as e:  # noqa: BLE001 - reported by the parent
+        barrier.abort()
+        results.put(f"{type(e).__name__}: {e}")

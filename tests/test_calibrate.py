@@ -1,0 +1,87 @@
+"""A CPU sweep's plan scaled to the machine it runs on (calibrate.py): a few seconds of each kind of run to do,
+timed here against the records' step time."""
+
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from nerepro import RunConfig
+from nerepro import calibrate as cal
+from nerepro.cli import app
+from nerepro.cost import MACHINE, Throughput
+from nerepro.plan import planning_throughput
+from nerepro.results import load_records
+
+
+def record(cfg, steps, wall_s, check_s, threads=1):
+    return {"run_id": cfg.run_id, "network": "F1", "alpha": cfg.alpha, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "status": "converged", "steps": steps, "stop_loss": cfg.effective_stop_loss, "check_every": cfg.check_every,
+            "samples_processed": steps * cfg.samples_per_step(60_000), "wall_s": wall_s, "check_s": check_s,
+            "config": cfg.record_config(), "provenance": {"device_type": "cpu", "threads": threads}}
+
+
+def test_a_step_is_timed_after_the_warm_up_without_its_checks(monkeypatch):
+    """step_seconds: the loop's time from step WARMUP on, less the loss checks in it, over those steps (a fake
+    loop of 1 s a step, 0.25 s of it checks, and a slow first step)."""
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(cal.time, "perf_counter", lambda: clock.now)
+
+    def fake_train(cfg, data, final_evaluation, before_step):
+        state, start = SimpleNamespace(check_s=0.0), clock.now
+        for step in range(cfg.max_steps):
+            before_step(step, state)
+            clock.now += 5.0 if step == 0 else 1.0
+            state.check_s += 0.25
+        return {"steps": cfg.max_steps, "loop_s": clock.now - start, "check_s": state.check_s, "status": "ok"}
+
+    monkeypatch.setattr(cal, "train", fake_train)
+    cfg = RunConfig("F1", 1.0, 900, max_steps=cal.WARMUP + 8)
+    assert cal.step_seconds(cfg, data=None) == pytest.approx(0.75)
+    with pytest.raises(RuntimeError, match="nothing to time"):
+        cal.step_seconds(cfg.replace(max_steps=cal.WARMUP), data=None)
+
+
+def test_a_kind_not_timed_here_takes_the_median_factor():
+    """Throughput.scale: each (network, B, NE) at its own factor, the others at the median's (MACHINE)."""
+    plain, ne = RunConfig("F1", 1.0, 900), RunConfig("F1", 1.5, 2000)
+    throughput, _ = planning_throughput([record(plain, 1000, 110.0, 10.0), record(ne, 1000, 600.0, 50.0)], ["cpu"], 1)
+    before = {c.run_id: throughput.seconds(c) for c in (plain, ne, RunConfig("F1", 1.5, 900))}
+    throughput.scale = {Throughput.kind(plain)[:3]: 1.5, MACHINE: 1.2}
+    assert throughput.seconds(plain) == pytest.approx(1.5 * before[plain.run_id])
+    assert throughput.seconds(ne) == pytest.approx(1.2 * before[ne.run_id])
+    assert throughput.step_s(plain) == pytest.approx(0.1) and throughput.step_s(ne) == pytest.approx(0.55)
+    assert cal.kinds([plain, plain.replace(seed=3), RunConfig("F1", 1.5, 900), ne], throughput) == [plain, ne]
+
+
+def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it_measured(tmp_path, fake_fmnist_root):
+    """With --time-limit on the CPU the sweep times each kind of run to do in its workers and logs the factor
+    (`calibrated:`); each run's `planned:` seconds are the records' plan times its kind's factor. Bad input: one
+    line, exit 2."""
+    config = tmp_path / "grid.toml"
+    grid = "seeds = {}\n[settings]\nmax_steps = 40\ncheck_every = 10\n[[grid]]\nnetwork = \"F1\"\nalpha = [1.0, 1.5]\n" \
+           "batch_size = [20]\n"
+    config.write_text(grid.format(1))
+    results = tmp_path / "r"
+    base = ["sweep", str(config), "--results", str(results), "--data-dir", str(fake_fmnist_root), "--device", "cpu",
+            "--threads", "1"]
+    first = CliRunner().invoke(app, [*base, "--workers-per-device", "1"])
+    assert first.exit_code == 0, first.output
+    config.write_text(grid.format(3))
+    records = load_records(results)[0]
+    out = CliRunner().invoke(app, [*base, "--workers-per-device", "2", "--time-limit", "1s", "--calibrate", "0.2"])
+    assert out.exit_code == 0, out.output
+    assert sum(line.startswith("calibration: F1 B=20 ") for line in out.output.splitlines()) == 2, out.output
+    log = [line.split() for line in (results / "sweep.log").read_text().splitlines()]
+    factors = {p[4]: float(p[3].split(":")[1]) for p in log if p[3].startswith("calibrated:")}
+    planned = {p[4]: float(p[3].split(":")[1]) for p in log if p[3].startswith("planned:")}
+    throughput, _ = planning_throughput(records, ["cpu", "cpu"], 1)
+    todo = {c.run_id: c for c in [RunConfig("F1", a, 20, seed=s, max_steps=40, check_every=10) for a in (1.0, 1.5)
+                                  for s in (1, 2)]}
+    assert set(planned) == set(todo)
+    kinds = {Throughput.kind(todo[run_id])[:3]: f for run_id, f in factors.items()}  # each logged beside a run timed
+    assert len(kinds) == 2 and all(f > 0 for f in kinds.values())
+    for cfg in todo.values():  # each at its kind's factor (both logged to 4 digits)
+        assert planned[cfg.run_id] == pytest.approx(kinds[Throughput.kind(cfg)[:3]] * throughput.seconds(cfg), rel=1e-3)
+    bad = CliRunner().invoke(app, [*base, "--dry-run", "--calibrate", "-1"])
+    assert bad.exit_code == 2 and "--calibrate" in bad.output and len(bad.output.strip().splitlines()) == 1
