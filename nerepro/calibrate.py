@@ -10,6 +10,8 @@ checks left out of both; the records' check time is scaled with their steps).
 
 from __future__ import annotations
 
+import math
+import os
 import statistics
 import time
 
@@ -24,14 +26,15 @@ from .train import train
 SECONDS = 10.0  # of training timed of each kind by default (a sweep under --time-limit on the CPU)
 WARMUP = 2  # steps before the timed ones (the first allocates the model's buffers)
 MAX_STEPS = 1000  # the most steps timed of a kind, however fast its records
+MAX_KINDS = 4  # kinds timed at most (the first in the sweep's order); the others take the median factor
 
 
 def kinds(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
     """The first run of each (network, B, NE) among `runs` whose recorded step time is known (the ones a factor
-    can be measured for), in the runs' order."""
+    can be measured for), in the runs' order, at most MAX_KINDS."""
     chosen = {}
     for cfg in runs:
-        if throughput.step_s(cfg) is not None:
+        if throughput.step_s(cfg) is not None and len(chosen) < MAX_KINDS:
             chosen.setdefault(Throughput.kind(cfg)[:3], cfg)
     return list(chosen.values())
 
@@ -40,15 +43,18 @@ def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threa
               data_dir: str | None = None) -> list[str]:
     """Time about `seconds` of training steps of each kind of `runs` (`kinds`) in `workers` processes side by side,
     set throughput.scale to each kind's step time here over its records' (MACHINE: their median, for the kinds
-    with no step time recorded) and return a line per kind saying so (none where no kind has a record)."""
-    if seconds <= 0:
+    not timed) and return a line per kind saying so (none where no kind has a recorded step time). A step's time
+    here is the median of each worker's steps (a burst of other work on the machine moves it little), averaged
+    over the workers. The loss checks of the runs' readings stay in (at the start of a run they are gated or
+    cheap: configs/README.md) and are left out of the time."""
+    if not 0 < seconds < math.inf:
         raise ConfigError(f"--calibrate takes the seconds to time each kind of run, more than 0, got {seconds:g}")
     chosen = kinds(runs, throughput)
     if not chosen:
         return []
     work = [(cfg.replace(device="cpu", trace=False, max_steps=WARMUP + timed_steps(seconds, throughput.step_s(cfg))))
             for cfg in chosen]
-    measured = side_by_side(_time_steps, [(work,)] * workers, threads, data_dir)
+    measured = side_by_side(_time_steps, [(work, os.getpid())] * workers, threads, data_dir)
     lines = []
     for i, cfg in enumerate(chosen):
         here, recorded = statistics.mean(m[i] for m in measured), throughput.step_s(cfg)
@@ -67,26 +73,28 @@ def timed_steps(seconds: float, step_s: float) -> int:
 
 
 def step_seconds(cfg: RunConfig, data) -> float:
-    """Seconds a training step of `cfg` takes here, its loss checks left out: the mean over its steps after
+    """Seconds a training step of `cfg` takes here, its loss checks left out: the median over its steps after
     WARMUP (cfg.max_steps in all)."""
-    marks = {}
+    marks = []  # (time, check seconds so far) before each step from WARMUP on
 
     def clock(step: int, state) -> None:
         if step == 0:
-            marks["loop"] = time.perf_counter()
-        if step == WARMUP:
-            marks["timed"], marks["check_s"] = time.perf_counter(), state.check_s
+            marks.append(time.perf_counter())  # the loop's start, as train's loop_s counts it
+        if step >= WARMUP:
+            marks.append((time.perf_counter(), state.check_s))
 
     record = train(cfg, data=data, final_evaluation=False, before_step=clock)
-    steps = record["steps"] - WARMUP
-    if "timed" not in marks or steps <= 0:
+    if record["steps"] <= WARMUP:
         raise RuntimeError(f"{cfg.run_id} ended ({record['status']}) at step {record['steps']}: nothing to time")
-    loop_s = record["loop_s"] - (marks["timed"] - marks["loop"])
-    return (loop_s - (record["check_s"] - marks["check_s"])) / steps
+    ticks = [*marks[1:], (marks[0] + record["loop_s"], record["check_s"])]  # the last step ends with the loop
+    return statistics.median((t1 - t0) - (c1 - c0) for (t0, c0), (t1, c1) in zip(ticks, ticks[1:]))
 
 
-def _time_steps(work: list[RunConfig], threads: int, data_dir: str | None, barrier, results) -> None:
+def _time_steps(work: list[RunConfig], parent: int, threads: int, data_dir: str | None, barrier, results) -> None:
     """A worker of `calibrate`: each kind's step time, all workers starting each kind together."""
+    from .sweep import _die_with_parent
+
+    _die_with_parent(parent)  # a sweep killed while it calibrates leaves no worker training
     try:
         torch.set_num_threads(threads)
         data, times = {}, []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -197,8 +198,9 @@ def sweep(
     calibrate: Annotated[Optional[float], typer.Option(
         help="On the CPU: first train each kind of run to do (network, B, NE or not) for about this many seconds, "
              "the workers side by side, and plan at the records' speed times this machine's step time over "
-             "theirs; 0: at the records' speed [default: 10 with --time-limit, else 0; give it to --dry-run to "
-             "see the plan the sweep will make].")] = None,
+             "theirs; 0: at the records' speed [default: 10 for a sweep with --time-limit, else 0; give it to "
+             "--dry-run to see the plan the sweep will make]. Local CPU sweeps only; a GPU or Ray sweep plans at "
+             "the records' speed.")] = None,
     data_dir: DataDir = None,
 ):
     """Run every run of the configs' grids not yet recorded in --results; kill it and rerun it at will.
@@ -218,7 +220,7 @@ def sweep(
         raise ConfigError("--workers-per-device must be at least 1")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
-    if calibrate is not None and calibrate < 0:
+    if calibrate is not None and not 0 <= calibrate < math.inf:
         raise ConfigError(f"--calibrate takes seconds, 0 or more (0: plan at the records' speed), got {calibrate:g}")
     if pack not in ("auto", "on", "off") or max_pack < 1:
         raise ConfigError(f"--pack takes auto, on or off and --max-pack a positive number, got {pack!r}, {max_pack}")
@@ -276,10 +278,11 @@ def sweep(
 
         where = slots(device, workers_per_device)
         throughput, _ = planning_throughput(_records(store), where, threads)
-        if where[0] == "cpu" and (calibrate is None or calibrate):
+        unplanned = [c for c in todo if c.run_id not in planned]  # --runs SECONDS: the file's time stands
+        if where[0] == "cpu" and (calibrate is None or calibrate) and unplanned:
             from .calibrate import SECONDS
 
-            _calibrated(throughput, todo, where, threads, calibrate or SECONDS, data_dir, store)
+            _calibrated(throughput, unplanned, where, threads, calibrate or SECONDS, data_dir, store)
         for cfg in todo:
             if (seconds := throughput.seconds(cfg)) is not None:
                 store.log(f"planned:{seconds:.4g}", cfg.run_id)
@@ -322,7 +325,13 @@ def _calibrated(throughput, todo: list, where: list[str], threads: int | None, s
 
     threads = threads or worker_threads(len(where))
     workers = min(len(where), len(todo))  # as many side by side as the sweep will run
-    for line in calibrate(throughput, todo, workers, threads, seconds, str(data_dir) if data_dir else None):
+    try:
+        lines = calibrate(throughput, todo, workers, threads, seconds, str(data_dir) if data_dir else None)
+    except RuntimeError as e:  # the plan is only less sure: the sweep goes on at the records' speed
+        typer.echo(f"calibration failed ({e}): planning at the records' speed", err=True)
+        throughput.scale = {}
+        return {}
+    for line in lines:
         typer.echo(line)
     for cfg in kinds(todo, throughput) if store is not None else []:
         store.log(f"calibrated:{throughput.scale[throughput.kind(cfg)[:3]]:.4g}", cfg.run_id)

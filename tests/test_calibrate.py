@@ -21,17 +21,17 @@ def record(cfg, steps, wall_s, check_s, threads=1):
             "config": cfg.record_config(), "provenance": {"device_type": "cpu", "threads": threads}}
 
 
-def test_a_step_is_timed_after_the_warm_up_without_its_checks(monkeypatch):
-    """step_seconds: the loop's time from step WARMUP on, less the loss checks in it, over those steps (a fake
-    loop of 1 s a step, 0.25 s of it checks, and a slow first step)."""
+def test_a_step_is_timed_after_the_warm_up_without_its_checks_at_the_median(monkeypatch):
+    """step_seconds: each step's time from step WARMUP on less the loss checks in it, the median of them (a fake
+    loop of 1 s a step, 0.25 s of it checks, a slow first step and a burst of other work at one step)."""
     clock = SimpleNamespace(now=100.0)
-    monkeypatch.setattr(cal.time, "perf_counter", lambda: clock.now)
+    monkeypatch.setattr(cal, "time", SimpleNamespace(perf_counter=lambda: clock.now))
 
     def fake_train(cfg, data, final_evaluation, before_step):
         state, start = SimpleNamespace(check_s=0.0), clock.now
         for step in range(cfg.max_steps):
             before_step(step, state)
-            clock.now += 5.0 if step == 0 else 1.0
+            clock.now += 5.0 if step == 0 else 30.0 if step == cal.WARMUP + 3 else 1.0
             state.check_s += 0.25
         return {"steps": cfg.max_steps, "loop_s": clock.now - start, "check_s": state.check_s, "status": "ok"}
 
@@ -40,6 +40,33 @@ def test_a_step_is_timed_after_the_warm_up_without_its_checks(monkeypatch):
     assert cal.step_seconds(cfg, data=None) == pytest.approx(0.75)
     with pytest.raises(RuntimeError, match="nothing to time"):
         cal.step_seconds(cfg.replace(max_steps=cal.WARMUP), data=None)
+
+
+def test_each_kind_takes_its_step_time_here_over_the_records_averaged_over_the_workers(monkeypatch):
+    """calibrate: a kind's factor is the workers' mean step time here over its records' (fastest) step time; the
+    median factor (MACHINE) stands for the kinds not timed; a line per kind says so. Bad seconds: an error."""
+    plain, ne = RunConfig("F1", 1.0, 900), RunConfig("F1", 1.5, 2000)
+    throughput, _ = planning_throughput([record(plain, 1000, 110.0, 10.0), record(ne, 1000, 600.0, 50.0)], ["cpu"], 1)
+    calls = []
+
+    def fake_side_by_side(target, work, threads, data_dir):
+        calls.append((work, threads))
+        return [[0.2, 1.1], [0.4, 0.55]]  # two workers: plain, then NE
+
+    monkeypatch.setattr(cal, "side_by_side", fake_side_by_side)
+    lines = cal.calibrate(throughput, [ne.replace(seed=4), plain.replace(seed=2)][::-1], workers=2, threads=1,
+                          seconds=10.0)
+    (work, _), threads = calls[0][0][0], calls[0][1]
+    assert len(calls[0][0]) == 2 and threads == 1  # each worker times every kind
+    assert [c.max_steps - cal.WARMUP for c in work] == [100, 18]  # 10 s at 0.1 s and at 0.55 s a step
+    assert throughput.scale[Throughput.kind(plain)[:3]] == pytest.approx(0.3 / 0.1)
+    assert throughput.scale[Throughput.kind(ne)[:3]] == pytest.approx(0.825 / 0.55)
+    assert throughput.scale[MACHINE] == pytest.approx((3.0 + 1.5) / 2)
+    assert lines[0].startswith("calibration: F1 B=900 alpha=1: 0.3 s a training step here (2 workers x 1 thread, "
+                               "100 steps) against 0.1 s in the records: plan x3.00")
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(cal.ConfigError):
+            cal.calibrate(throughput, [plain], 1, 1, bad)
 
 
 def test_a_kind_not_timed_here_takes_the_median_factor():
@@ -54,10 +81,11 @@ def test_a_kind_not_timed_here_takes_the_median_factor():
     assert cal.kinds([plain, plain.replace(seed=3), RunConfig("F1", 1.5, 900), ne], throughput) == [plain, ne]
 
 
-def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it_measured(tmp_path, fake_fmnist_root):
+def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it_measured(tmp_path, fake_fmnist_root,
+                                                                                          monkeypatch):
     """With --time-limit on the CPU the sweep times each kind of run to do in its workers and logs the factor
-    (`calibrated:`); each run's `planned:` seconds are the records' plan times its kind's factor. Bad input: one
-    line, exit 2."""
+    (`calibrated:`); each run's `planned:` seconds are the records' plan times its kind's factor. A calibration
+    that fails leaves the plan at the records' speed and the sweep going. Bad input: one line, exit 2."""
     config = tmp_path / "grid.toml"
     grid = "seeds = {}\n[settings]\nmax_steps = 40\ncheck_every = 10\n[[grid]]\nnetwork = \"F1\"\nalpha = [1.0, 1.5]\n" \
            "batch_size = [20]\n"
@@ -82,6 +110,16 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     kinds = {Throughput.kind(todo[run_id])[:3]: f for run_id, f in factors.items()}  # each logged beside a run timed
     assert len(kinds) == 2 and all(f > 0 for f in kinds.values())
     for cfg in todo.values():  # each at its kind's factor (both logged to 4 digits)
-        assert planned[cfg.run_id] == pytest.approx(kinds[Throughput.kind(cfg)[:3]] * throughput.seconds(cfg), rel=1e-3)
-    bad = CliRunner().invoke(app, [*base, "--dry-run", "--calibrate", "-1"])
-    assert bad.exit_code == 2 and "--calibrate" in bad.output and len(bad.output.strip().splitlines()) == 1
+        assert planned[cfg.run_id] == pytest.approx(kinds[Throughput.kind(cfg)[:3]] * throughput.seconds(cfg), rel=2e-3)
+    def broken(*args):
+        raise RuntimeError("a benchmark worker process died")
+
+    monkeypatch.setattr(cal, "side_by_side", broken)
+    out = CliRunner().invoke(app, [*base, "--workers-per-device", "2", "--time-limit", "1s"])  # the default 10 s
+    assert out.exit_code == 0 and "calibration failed (a benchmark worker process died)" in out.output, out.output
+    log = (results / "sweep.log").read_text().splitlines()
+    last = {line.split()[4]: float(line.split()[3].split(":")[1]) for line in log if " planned:" in line}
+    assert all(last[c.run_id] == pytest.approx(throughput.seconds(c), rel=1e-3) for c in todo.values())
+    for value in ("-1", "nan"):
+        bad = CliRunner().invoke(app, [*base, "--dry-run", "--calibrate", value])
+        assert bad.exit_code == 2 and "--calibrate" in bad.output and len(bad.output.strip().splitlines()) == 1
