@@ -3,12 +3,15 @@ started (the `planned:<s>` lines of DIR/sweep.log) beside the run's recorded wal
 
     python scripts/plan_vs_actual.py [results/f1]
 
-Prints a Markdown table (run, planned, actual, actual / planned, resumes, threads, device) of every record
-with a plan, the plan taken from the last sweep start before the run's record; and the share within 30%.
+Prints a Markdown table (run, planned, actual, actual / planned, the calibration factor in the plan, resumes,
+threads, device) of every record with a plan, the plan taken from the last sweep start before the run's record;
+and the share within 30%. The factor is the one the same sweep logged (`calibrated:<factor>`) for the run's
+(network, B, NE or not), "-" where it planned at the records' speed.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -17,16 +20,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nerepro.results import load_records  # noqa: E402
 
 
-def plans(log: Path) -> dict[str, float]:
-    """run id -> the last plan logged for it before its record."""
-    planned, found = {}, {}
+def kind(run_id: str) -> tuple | None:
+    """(network, B, NE or not) of a run id such as F1-a1.5-b2000-s7-bea5b5602d."""
+    match = re.match(r"([A-Z]\d)-a([\d.]+)-b(\d+)-", run_id)
+    return (match[1], int(match[3]), float(match[2]) != 1) if match else None
+
+
+def plans(log: Path) -> dict[str, tuple[float, float | None]]:
+    """run id -> (the last plan logged for it before its record, the calibration factor of that sweep for its
+    kind or None)."""
+    planned, found, factors = {}, {}, {}
     for line in log.read_text().splitlines() if log.is_file() else []:
         parts = line.split()
         if len(parts) < 5:
             continue
-        event, run_id = parts[3], parts[4]
-        if event.startswith("planned:"):
-            planned[run_id] = float(event.split(":", 1)[1])
+        pid, event, run_id = parts[2], parts[3], parts[4]
+        if event.startswith("calibrated:"):
+            factors[pid, kind(run_id)] = float(event.split(":", 1)[1])
+        elif event.startswith("planned:"):
+            planned[run_id] = (float(event.split(":", 1)[1]), factors.get((pid, kind(run_id))))
         elif event.startswith("recorded:") and run_id in planned:
             found[run_id] = planned[run_id]
     return found
@@ -40,14 +52,15 @@ def main() -> int:
     if not rows:
         print(f"no finished run of {root} has a plan (`planned:` lines come from sweeps with --time-limit)")
         return 0
-    print("| run | planned (s) | actual (s) | actual / planned | resumes | threads | device |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | planned (s) | actual (s) | actual / planned | calibration | resumes | threads | device |")
+    print("|---|---|---|---|---|---|---|---|")
     within = 0
-    for run_id, s, r in sorted(rows):
+    for run_id, (s, factor), r in sorted(rows):
         ratio = r["wall_s"] / s
         within += abs(ratio - 1) <= 0.3
         prov = r.get("provenance") or {}
-        print(f"| `{run_id}` | {s:,.0f} | {r['wall_s']:,.0f} | {ratio:.2f} | {r.get('resumes', 0)} | "
+        print(f"| `{run_id}` | {s:,.0f} | {r['wall_s']:,.0f} | {ratio:.2f} | "
+              f"{'-' if factor is None else f'x{factor:.2f}'} | {r.get('resumes', 0)} | "
               f"{prov.get('threads', '?')} | {prov.get('device', '?')} |")
     print(f"\n{within} of {len(rows)} within 30% of the plan")
     return 0
