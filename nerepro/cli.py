@@ -258,8 +258,9 @@ def sweep(
         if calibrate and not rates and where and where[0] == "cpu":
             from .plan import planning_throughput
 
-            scale = _calibrated(planning_throughput(records, where, threads)[0], [c for c in runs if c.run_id not in done],
-                                where, threads, calibrate, data_dir)
+            todo = sweep_order([c for c in runs if c.run_id not in done and c.run_id not in planned], priority)
+            scale = _calibrated(planning_throughput(records, where, threads)[0], todo, where, threads, calibrate,
+                                data_dir, workers=min(len(where), len(todo) + len(planned)))
         for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
                                   listed=list_runs, threads=threads, scale=scale):
             typer.echo(line)
@@ -282,10 +283,12 @@ def sweep(
         if where[0] == "cpu" and (calibrate is None or calibrate) and unplanned:
             from .calibrate import SECONDS
 
-            _calibrated(throughput, unplanned, where, threads, calibrate or SECONDS, data_dir, store)
+            _calibrated(throughput, unplanned, where, threads, calibrate or SECONDS, data_dir, store,
+                        workers=min(len(where), len(todo)))
         for cfg in todo:
             if (seconds := throughput.seconds(cfg)) is not None:
-                store.log(f"planned:{seconds:.4g}", cfg.run_id)
+                factor = throughput.factor(cfg)  # the plan's calibration, for plan against actual
+                store.log(f"planned:{seconds:.4g}", cfg.run_id, "factor:" + ("-" if factor is None else f"{factor:.4g}"))
                 if where[0] == "cpu":  # this machine's own speed, until the sweep measures runs of its kind
                     planned.setdefault(cfg.run_id, throughput.bound(cfg))
     display = SweepDisplay(len(todo))
@@ -317,14 +320,14 @@ def sweep(
 
 
 def _calibrated(throughput, todo: list, where: list[str], threads: int | None, seconds: float,
-               data_dir: Path | None, store=None) -> dict:
-    """Set throughput.scale for a plan of `todo` on this machine's CPU workers (calibrate.py), print what was
-    timed (and log it to the store's sweep.log: `calibrated:<factor>` beside the run timed); return the scale."""
+               data_dir: Path | None, store=None, workers: int = 1) -> dict:
+    """Set throughput.scale for a plan of `todo` on this machine's CPU workers (calibrate.py), `workers` of them
+    side by side (as many as the sweep will run), print what was timed (and log it to the store's sweep.log:
+    `calibrated:<factor>` beside the run timed); return the scale."""
     from .calibrate import calibrate, kinds
     from .sweep import worker_threads
 
     threads = threads or worker_threads(len(where))
-    workers = min(len(where), len(todo))  # as many side by side as the sweep will run
     try:
         lines = calibrate(throughput, todo, workers, threads, seconds, str(data_dir) if data_dir else None)
     except RuntimeError as e:  # the plan is only less sure: the sweep goes on at the records' speed

@@ -130,7 +130,11 @@ class Throughput:
         """Seconds the run should take at the records' speed, times this machine's step time over theirs (`scale`,
         set by calibrate.py: its (network, B, NE), else the median of the kinds timed, else 1)."""
         seconds = self._recorded_seconds(cfg)
-        return None if seconds is None else seconds * self.scale.get(self.kind(cfg)[:3], self.scale.get(MACHINE, 1.0))
+        return None if seconds is None else seconds * (self.factor(cfg) or 1.0)
+
+    def factor(self, cfg: RunConfig) -> float | None:
+        """The calibration factor `seconds` applies to cfg (`scale`), None where nothing was calibrated."""
+        return self.scale.get(self.kind(cfg)[:3], self.scale.get(MACHINE)) if self.scale else None
 
     def step_s(self, cfg: RunConfig) -> float | None:
         """Seconds a training step of cfg's (network, B, NE) took in the records, loss checks excluded (the

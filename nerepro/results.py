@@ -89,8 +89,10 @@ class ResultsDir:
         self.log(f"recorded:{record['status']}", record["run_id"])
         return path
 
-    def log(self, event: str, run_id: str = "-") -> None:
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} {os.getpid()} {event} {run_id}\n"
+    def log(self, event: str, run_id: str = "-", note: str = "") -> None:
+        """Append `time host pid event run_id [note]` (note: one more field, no spaces) to DIR/sweep.log."""
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} {os.getpid()} {event} {run_id}" \
+               + (f" {note}" if note else "") + "\n"
         with open(self.log_path, "a") as f:  # one short write in append mode: lines never interleave
             f.write(line)
 

@@ -5,8 +5,9 @@ started (the `planned:<s>` lines of DIR/sweep.log) beside the run's recorded wal
 
 Prints a Markdown table (run, planned, actual, actual / planned, the calibration factor in the plan, resumes,
 threads, device) of every record with a plan, the plan taken from the last sweep start before the run's record;
-and the share within 30%. The factor is the one the same sweep logged (`calibrated:<factor>`) for the run's
-(network, B, NE or not), "-" where it planned at the records' speed.
+and the share within 30%. The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
+on lines without it (sweeps of commit b0ad000), the one the same sweep process logged (`calibrated:<factor>`)
+for the run's (network, B, NE or not), else "-".
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def plans(log: Path) -> dict[str, tuple[float, float | None]]:
         if event.startswith("calibrated:"):
             factors[pid, kind(run_id)] = float(event.split(":", 1)[1])
         elif event.startswith("planned:"):
-            planned[run_id] = (float(event.split(":", 1)[1]), factors.get((pid, kind(run_id))))
+            named = parts[5].split(":", 1)[1] if len(parts) > 5 and parts[5].startswith("factor:") else None
+            factor = factors.get((pid, kind(run_id))) if named is None else None if named == "-" else float(named)
+            planned[run_id] = (float(event.split(":", 1)[1]), factor)
         elif event.startswith("recorded:") and run_id in planned:
             found[run_id] = planned[run_id]
     return found

@@ -103,6 +103,7 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     log = [line.split() for line in (results / "sweep.log").read_text().splitlines()]
     factors = {p[4]: float(p[3].split(":")[1]) for p in log if p[3].startswith("calibrated:")}
     planned = {p[4]: float(p[3].split(":")[1]) for p in log if p[3].startswith("planned:")}
+    named = {p[4]: float(p[5].split(":")[1]) for p in log if p[3].startswith("planned:")}  # the plan's own factor
     throughput, _ = planning_throughput(records, ["cpu", "cpu"], 1)
     todo = {c.run_id: c for c in [RunConfig("F1", a, 20, seed=s, max_steps=40, check_every=10) for a in (1.0, 1.5)
                                   for s in (1, 2)]}
@@ -111,6 +112,7 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     assert len(kinds) == 2 and all(f > 0 for f in kinds.values())
     for cfg in todo.values():  # each at its kind's factor (both logged to 4 digits)
         assert planned[cfg.run_id] == pytest.approx(kinds[Throughput.kind(cfg)[:3]] * throughput.seconds(cfg), rel=2e-3)
+        assert named[cfg.run_id] == kinds[Throughput.kind(cfg)[:3]]
     def broken(*args):
         raise RuntimeError("a benchmark worker process died")
 
@@ -118,8 +120,10 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     out = CliRunner().invoke(app, [*base, "--workers-per-device", "2", "--time-limit", "1s"])  # the default 10 s
     assert out.exit_code == 0 and "calibration failed (a benchmark worker process died)" in out.output, out.output
     log = (results / "sweep.log").read_text().splitlines()
-    last = {line.split()[4]: float(line.split()[3].split(":")[1]) for line in log if " planned:" in line}
-    assert all(last[c.run_id] == pytest.approx(throughput.seconds(c), rel=1e-3) for c in todo.values())
+    last = {line.split()[4]: (float(line.split()[3].split(":")[1]), line.split()[5]) for line in log
+            if " planned:" in line}
+    assert all(last[c.run_id][0] == pytest.approx(throughput.seconds(c), rel=1e-3) and last[c.run_id][1] == "factor:-"
+               for c in todo.values())
     for value in ("-1", "nan"):
         bad = CliRunner().invoke(app, [*base, "--dry-run", "--calibrate", value])
         assert bad.exit_code == 2 and "--calibrate" in bad.output and len(bad.output.strip().splitlines()) == 1
