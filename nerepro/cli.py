@@ -258,9 +258,10 @@ def sweep(
         if calibrate and not rates and where and where[0] == "cpu":
             from .plan import planning_throughput
 
-            todo = sweep_order([c for c in runs if c.run_id not in done and c.run_id not in planned], priority)
+            pending = [c for c in runs if c.run_id not in done]
+            todo = sweep_order([c for c in pending if c.run_id not in planned], priority)  # the sweep's, as below
             scale = _calibrated(planning_throughput(records, where, threads)[0], todo, where, threads, calibrate,
-                                data_dir, workers=min(len(where), len(todo) + len(planned)))
+                                data_dir, workers=min(len(where), len(pending)))
         for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
                                   listed=list_runs, threads=threads, scale=scale):
             typer.echo(line)
@@ -332,8 +333,7 @@ def _calibrated(throughput, todo: list, where: list[str], threads: int | None, s
         lines = calibrate(throughput, todo, workers, threads, seconds, str(data_dir) if data_dir else None)
     except RuntimeError as e:  # the plan is only less sure: the sweep goes on at the records' speed
         typer.echo(f"calibration failed ({e}): planning at the records' speed", err=True)
-        throughput.scale = {}
-        return {}
+        return throughput.scale  # calibrate sets it only once every kind is timed: still empty
     for line in lines:
         typer.echo(line)
     for cfg in kinds(todo, throughput) if store is not None else []:
