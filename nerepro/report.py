@@ -87,7 +87,8 @@ def load_results(root: Path | str) -> Results:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (variant, network, alpha, B): counts by status and mean/std/n over converged runs."""
+    """One row per (variant, network, alpha, B): counts by status and mean/std/n over converged runs; no wall
+    time where those runs ran on more than one device."""
     keys = ["variant", "network", "alpha", "batch_size"]
     rows = []
     for key, group in runs.groupby(keys, sort=True):
@@ -97,10 +98,19 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                    n_diverged=int((group["status"] == "diverged").sum()), n_error=int((group["status"] == "error").sum()))
         for metric in METRICS:
             values = pd.to_numeric(ok[metric], errors="coerce").dropna()
+            if metric == "wall_s" and len(devices(ok)) > 1:
+                values = values.iloc[:0]  # seconds on different devices do not average (coverage_notes says where)
             row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
             row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def devices(runs: pd.DataFrame) -> list[str]:
+    """The devices the runs ran on (provenance.device; "unknown" where a record does not say), sorted."""
+    if "provenance_device" not in runs:
+        return []
+    return sorted(runs["provenance_device"].astype(object).fillna("unknown").astype(str).unique())
 
 
 def best_batch_size(stats: pd.DataFrame) -> pd.Series | None:
@@ -143,6 +153,12 @@ def coverage_notes(runs: pd.DataFrame) -> list[str]:
         if len(few):
             notes.append(f"{where}: {len(few)} of {len(seeds)} conditions have fewer than {PAPER_SEEDS} seeds "
                          f"(min {few.min()})")
+        mixed = [f"alpha={a:g} B={b} (runs on {' and '.join(devices(runs_ab))})"
+                 for (a, b), runs_ab in group[group["status"] == "converged"].groupby(["alpha", "batch_size"])
+                 if len(devices(runs_ab)) > 1]
+        if mixed:
+            notes.append(f"{where}: no mean wall time at {'; '.join(mixed)}: seconds on different devices are not "
+                         "averaged")
         failed = group[group["status"] != "converged"]
         if len(failed):
             counts = failed["status"].value_counts().to_dict()

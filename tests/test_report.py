@@ -274,3 +274,15 @@ def test_report_names_mixed_or_uncommitted_code_once_at_the_top(tmp_path):
     for r in recs:
         r["provenance"] = {"git_commit": "a" * 40, "git_dirty": False}
     assert load_results(write(tmp_path / "clean", recs)).provenance() is None
+
+
+def test_wall_time_is_averaged_on_one_device_only(tmp_path):
+    recs = [record("F1", 1.5, 2000, s, wall_s=w) for s, w in enumerate((100.0, 300.0, 5000.0))]
+    recs += [record("F1", 1.0, 900, s, wall_s=w) for s, w in enumerate((10.0, 30.0))]
+    recs[2]["provenance"] = {"device": "NVIDIA H100"}  # alpha = 1.5 seed 2: another device
+    results = load_results(write(tmp_path / "r", recs))
+    t2 = table_2(results, "protocol=keras (default)").set_index("alpha")
+    assert np.isnan(t2.loc[1.5, "wall_s_mean"]) and t2.loc[1.5, "n"] == 3  # the other columns keep all three
+    assert t2.loc[1.0, "wall_s_mean"] == pytest.approx(20.0)
+    assert "F1 (protocol=keras (default)): no mean wall time at alpha=1.5 B=2000 (runs on NVIDIA H100 and test)" \
+        in results.notes[-1]
