@@ -107,6 +107,25 @@ def test_claims_without_an_effect(tmp_path):
     assert verdicts(found, "b") == ["not supported"]
 
 
+def test_b_opt_trend_needs_a_choice_of_b_for_every_alpha(tmp_path):
+    """As in results/f1: each alpha run at one B only (the paper's B_opt), so B_opt there is no finding."""
+    recs = [record("F1", 1, 900, s, 90.0 + 0.1 * s, 10000 + 100 * s) for s in range(4)]
+    recs += [record("F1", 1.5, 2000, s, 90.1 + 0.1 * s, 9000 + 100 * s) for s in range(4)]
+    found = claims(load_results(write(tmp_path / "one", recs)), "protocol=keras (default)")
+    b = next(c for c in found if c.claim == "b")
+    assert b.verdict == "not enough data" and b.p_value is None and "one B only at alpha=1, alpha=1.5" in b.compared
+    assert verdicts(found, "c")[0] == "supported"  # steps at the B run still fall with alpha
+    recs += [record("F1", 1, 2000, s, 89.0, 8000) for s in range(4)]  # alpha = 1 now has a choice; 1.5 not
+    b = next(c for c in claims(load_results(write(tmp_path / "two", recs)), "protocol=keras (default)")
+             if c.claim == "b")
+    assert b.verdict == "not enough data" and "one B only at alpha=1.5: left out" in b.compared
+    recs += [record("F1", 2, b, s, acc + 0.1 * s, 9000) for b, acc in ((900, 89.0), (5000, 90.0)) for s in range(4)]
+    b = next(c for c in claims(load_results(write(tmp_path / "three", recs)), "protocol=keras (default)")
+             if c.claim == "b")  # alpha = 1 (B_opt 900) and 2 (5000) have a choice: the trend over those two
+    assert b.verdict == "supported" and b.statistic == pytest.approx(1.0) and "alpha=1.5: left out)" in b.compared
+    assert b.n.startswith("2 of 3 alphas")
+
+
 def test_claims_with_too_few_seeds(tmp_path):
     found = claims(synthetic_grid(tmp_path, seeds=1), "protocol=keras (default)")
     assert set(c.verdict for c in found) == {"not enough data"}
