@@ -216,10 +216,14 @@ def readme_block(results: Results) -> str:
         if c.empty:
             continue
         c = c.iloc[0]
-        interval = "" if math.isnan(c["ratio_low"]) else f" (95% CI {c['ratio_low']:.2f}-{c['ratio_high']:.2f})"
+        interval = "" if math.isnan(c["ratio_low"]) else \
+            f" (95% CI {c['ratio_low']:.2f}-{c['ratio_high']:.2f}, Welch p = {c['steps_p']:.2g})"
+        accuracy = "" if math.isnan(c["acc_low"]) else \
+            (f" Test accuracy NE − plain: {c['acc_diff']:+.2f} pp (95% CI {c['acc_low']:+.2f} to "
+             f"{c['acc_high']:+.2f}); the paper: {c['paper_acc_diff']:+.2f}.").replace("-", "−")
         lines.append(f"- NE/plain convergence steps, {name.split(' (')[0]}: {c['ratio']:.2f}{interval} at n = "
                      f"{int(c['n_ne'])} vs {int(c['n_plain'])}; the paper: {c['paper_ratio']:.2f}; "
-                     f"{verdict(c)}.")
+                     f"{verdict(c)}.{accuracy}")
     lines.append(END)
     return "\n".join(lines)
 

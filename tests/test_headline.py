@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from nerepro.headline import difference_interval, headline, mean_interval, ratio_interval, write_headline
+from nerepro.headline import (difference_interval, headline, mean_interval, ratio_interval, readme_block,
+                              write_headline)
 from nerepro.report import Results
 
 
@@ -60,3 +61,19 @@ def test_headline_rows_and_claim(tmp_path):
     assert "the paper's ratio inside; NE converges sooner" in text
     assert write_headline(Results(runs([], [], [], [], variant="x")[:0].reindex(columns=frame.columns)), tmp_path) \
         is None and not (tmp_path / "headline.md").exists()
+
+
+def test_the_readme_claim_line_gives_the_ratio_welch_p_and_the_accuracy_difference():
+    ne, plain = np.array([9915.0, 9285, 9885, 9480]), np.array([10251.0, 10787, 10586, 9514, 11189])
+    acc_ne, acc_plain = np.array([90.34, 90.0, 90.39, 90.39]), np.array([90.33, 90.29, 90.06, 90.23, 90.38])
+    block = readme_block(Results(runs(plain, ne, acc_plain, acc_ne)))
+    line = next(x for x in block.splitlines() if x.startswith("- NE/plain"))
+    welch = st.ttest_ind(ne, plain, equal_var=False)
+    acc = st.ttest_ind(acc_ne, acc_plain, equal_var=False).confidence_interval(0.95)
+    assert f"{ne.mean() / plain.mean():.2f} (95% CI " in line and f"Welch p = {welch.pvalue:.2g})" in line
+    assert "at n = 4 vs 5" in line
+    signed = lambda v: f"{v:+.2f}".replace("-", "−")  # noqa: E731
+    assert (f"NE − plain: {signed(acc_ne.mean() - acc_plain.mean())} pp (95% CI {signed(acc.low)} to "
+            f"{signed(acc.high)}); the paper: +0.22." in line)
+    one = readme_block(Results(runs(plain, ne[:1], acc_plain, acc_ne[:1])))  # n = 1: no interval, no p, no Δacc
+    assert "Welch" not in one and "NE − plain" not in one and "a hint only" in one
