@@ -144,12 +144,15 @@ class Throughput:
 
     def _recorded_seconds(self, cfg: RunConfig) -> float | None:
         kind = self.kind(cfg)
-        steps, s = self.steps.get(kind, (0, 0.0))
-        if steps:
-            return self.run_steps(cfg) * s / steps
+        own_steps, own_s = self.steps.get(kind, (0, 0.0))
         steps, s = self.training.get(kind[:3], (0, 0.0))
         checked, check_s = self.checks.get((cfg.network, n_train(cfg), cfg.check_interval(n_train(cfg))), (0, 0.0))
-        if steps and s > 0 and (checked or not kind[3]):  # the row under another reading, and the checks' time
+        split = steps and s > 0 and (checked or not kind[3])  # training steps (any reading) and the checks' time
+        # A calibrated plan takes the split: its factor is this machine's step over `step_s`, the training step
+        # of the split, not over the step of the kind's own runs, which may have run at another speed
+        if own_steps and not (split and self.factor(cfg)):
+            return self.run_steps(cfg) * own_s / own_steps
+        if split:
             return self.run_steps(cfg) * (s / steps + (check_s / checked if kind[3] else 0.0))
         steps, samples, s = self.samples.get(cfg.network, (0, 0, 0.0))
         run_samples = self.run_steps(cfg) * cfg.samples_per_step(n_train(cfg))

@@ -70,15 +70,32 @@ def test_each_kind_takes_its_step_time_here_over_the_records_averaged_over_the_w
 
 
 def test_a_kind_not_timed_here_takes_the_median_factor():
-    """Throughput.scale: each (network, B, NE) at its own factor, the others at the median's (MACHINE)."""
+    """Throughput.scale: each (network, B, NE) at its own factor, the others at the median's (MACHINE), times the
+    records' training step (`step_s`, what the factor was measured against) and steps, checks left out."""
     plain, ne = RunConfig("F1", 1.0, 900), RunConfig("F1", 1.5, 2000)
     throughput, _ = planning_throughput([record(plain, 1000, 110.0, 10.0), record(ne, 1000, 600.0, 50.0)], ["cpu"], 1)
-    before = {c.run_id: throughput.seconds(c) for c in (plain, ne, RunConfig("F1", 1.5, 900))}
+    assert throughput.seconds(plain) == pytest.approx(110.0)  # uncalibrated: the kind's own run, checks and all
     throughput.scale = {Throughput.kind(plain)[:3]: 1.5, MACHINE: 1.2}
-    assert throughput.seconds(plain) == pytest.approx(1.5 * before[plain.run_id])
-    assert throughput.seconds(ne) == pytest.approx(1.2 * before[ne.run_id])
+    assert throughput.seconds(plain) == pytest.approx(1.5 * 1000 * 0.1)
+    assert throughput.seconds(ne) == pytest.approx(1.2 * 1000 * 0.55)
     assert throughput.step_s(plain) == pytest.approx(0.1) and throughput.step_s(ne) == pytest.approx(0.55)
     assert cal.kinds([plain, plain.replace(seed=3), RunConfig("F1", 1.5, 900), ne], throughput) == [plain, ne]
+
+
+def test_a_calibrated_plan_times_the_step_the_factor_was_measured_against_plus_the_kinds_checks():
+    """A kind whose own run ran slower than the fastest training step of its (network, B, NE) (Eq. (1) at
+    alpha = 1 in another session: 0.2 s a step, 0.02 s of it full checks, against the default reading's 0.1 s):
+    uncalibrated, the plan is its own run's speed; calibrated, the factor scales the step it was measured
+    against (0.1 s) plus the checks' time per step (0.02 s), not the slower run's step."""
+    keras = RunConfig("F1", 1.0, 900, seed=1)
+    eq1 = RunConfig("F1", 1.0, 900, seed=2, stop_loss="full", check_every=50, sampling="independent")
+    records = [record(keras, 1000, 100.0, 0.1), record(eq1, 1000, 200.0, 20.0)]
+    throughput, _ = planning_throughput(records, ["cpu"], 1)
+    assert throughput.seconds(eq1) == pytest.approx(200.0)
+    throughput.scale = {Throughput.kind(eq1)[:3]: 1.2}
+    assert throughput.step_s(eq1) == pytest.approx(0.0999)
+    assert throughput.seconds(eq1) == pytest.approx(1.2 * 1000 * (0.0999 + 0.02))
+    assert throughput.seconds(keras) == pytest.approx(1.2 * 1000 * 0.0999)
 
 
 def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it_measured(tmp_path, fake_fmnist_root,

@@ -265,7 +265,7 @@ def test_the_gate_runs_only_the_pack_tests_under_a_limit_from_its_start(tmp_path
     summary = session(tmp_path / "out", 40, 40, PYTHON=fake_python, DEVICE="cuda", STAGES="gate", GATE_S="3",
                       FAKE_PYTEST="4 passed in 60.00s", FAKE_RC="0", FAKE_SLEEP="30", FAKE_ARGS=str(args),
                       RESULTS_FROM="none", NEREPRO_DATA=str(write_fashion_mnist(tmp_path / "data")))
-    assert time.time() - start < 15
+    assert time.time() - start < 25  # the fake gate sleeps 30 s: stopped at its limit (slack for loaded cores)
     assert "| gate | the gate did not finish in its limit in 3 s with its interpreter's start; packs off |" in summary, \
         summary
     assert args.read_text().split("\n")[:8] == ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-k"]
