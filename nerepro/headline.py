@@ -221,7 +221,7 @@ def readme_block(results: Results) -> str:
         accuracy = "" if math.isnan(c["acc_low"]) else \
             (f" Test accuracy NE − plain: {c['acc_diff']:+.2f} pp (95% CI {c['acc_low']:+.2f} to "
              f"{c['acc_high']:+.2f}); the paper: {c['paper_acc_diff']:+.2f}.").replace("-", "−")
-        lines.append(f"- NE/plain convergence steps, {name.split(' (')[0]}: {c['ratio']:.2f}{interval} at n = "
+        lines.append(f"- NE/plain convergence steps, {name.rsplit(' (', 1)[0]}: {c['ratio']:.2f}{interval} at n = "
                      f"{int(c['n_ne'])} vs {int(c['n_plain'])}; the paper: {c['paper_ratio']:.2f}; "
                      f"{verdict(c)}.{accuracy}")
     lines.append(END)

@@ -75,5 +75,7 @@ def test_the_readme_claim_line_gives_the_ratio_welch_p_and_the_accuracy_differen
     signed = lambda v: f"{v:+.2f}".replace("-", "−")  # noqa: E731
     assert (f"NE − plain: {signed(acc_ne.mean() - acc_plain.mean())} pp (95% CI {signed(acc.low)} to "
             f"{signed(acc.high)}); the paper: +0.22." in line)
+    eq1 = readme_block(Results(runs(plain, ne, acc_plain, acc_ne, variant="protocol=eq1")))
+    assert "- NE/plain convergence steps, Eq. (1) reading: " in eq1  # the reading's name whole
     one = readme_block(Results(runs(plain, ne[:1], acc_plain, acc_ne[:1])))  # n = 1: no interval, no p, no Δacc
     assert "Welch" not in one and "NE − plain" not in one and "a hint only" in one
