@@ -67,7 +67,9 @@ class Throughput:
     another reading, their steps' time without their loss checks plus, for a run that checks L(w), the
     checks' time per step, pooled over the converged runs of the network that checked L(w) of as many
     samples as often (a check that can no longer pass stops early, so its time per step depends on the
-    trajectory more than on B; none measured: the guess below); else the larger of
+    trajectory more than on B; none measured: the guess below); a calibrated plan (`scale`) takes that split
+    first, whose training step is the one the factor was measured against, and its own runs only where the
+    checks' time is unknown; else the larger of
     two guesses from the network's other runs, at their steps per second (right where steps cost the same
     whatever B, as on a GPU that launch overhead bounds) and at their samples per second (right where
     cost grows with B, as on a CPU); else unknown (None).

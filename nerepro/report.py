@@ -98,12 +98,17 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                    n_diverged=int((group["status"] == "diverged").sum()), n_error=int((group["status"] == "error").sum()))
         for metric in METRICS:
             values = pd.to_numeric(ok[metric], errors="coerce").dropna()
-            if metric == "wall_s" and len(devices(ok)) > 1:
+            if metric == "wall_s" and len(devices(timed(ok))) > 1:
                 values = values.iloc[:0]  # seconds on different devices do not average (coverage_notes says where)
             row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
             row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def timed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that give their wall time."""
+    return runs[pd.to_numeric(runs["wall_s"], errors="coerce").notna()]
 
 
 def devices(runs: pd.DataFrame) -> list[str]:
@@ -153,9 +158,9 @@ def coverage_notes(runs: pd.DataFrame) -> list[str]:
         if len(few):
             notes.append(f"{where}: {len(few)} of {len(seeds)} conditions have fewer than {PAPER_SEEDS} seeds "
                          f"(min {few.min()})")
+        converged = timed(group[group["status"] == "converged"])
         mixed = [f"alpha={a:g} B={b} (runs on {' and '.join(devices(runs_ab))})"
-                 for (a, b), runs_ab in group[group["status"] == "converged"].groupby(["alpha", "batch_size"])
-                 if len(devices(runs_ab)) > 1]
+                 for (a, b), runs_ab in converged.groupby(["alpha", "batch_size"]) if len(devices(runs_ab)) > 1]
         if mixed:
             notes.append(f"{where}: no mean wall time at {'; '.join(mixed)}: seconds on different devices are not "
                          "averaged")

@@ -305,3 +305,6 @@ def test_wall_time_is_averaged_on_one_device_only(tmp_path):
     assert t2.loc[1.0, "wall_s_mean"] == pytest.approx(20.0)
     assert "F1 (protocol=keras (default)): no mean wall time at alpha=1.5 B=2000 (runs on NVIDIA H100 and test)" \
         in results.notes[-1]
+    recs[2]["wall_s"] = None  # the other device's run gives no time: the cell's timed runs share one device
+    t2 = table_2(load_results(write(tmp_path / "untimed", recs)), "protocol=keras (default)").set_index("alpha")
+    assert t2.loc[1.5, "wall_s_mean"] == pytest.approx(200.0)
