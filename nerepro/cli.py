@@ -212,7 +212,7 @@ def sweep(
     from .grid import load_plan, parse_shard
     from .grid import shard as take_shard
     from .results import ResultsDir
-    from .sweep import pause_margin, pending_runs, resolve_pack, run_sweep, summarize, sweep_order
+    from .sweep import pause_margin, pending_runs, resolve_pack, run_sweep, summarize
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
@@ -248,7 +248,7 @@ def sweep(
         rates = parse_rates(tflops)
         done = store.done() if store.runs.is_dir() else set()
         if list_runs:
-            for cfg in sweep_order([c for c in runs if c.run_id not in done], priority):
+            for cfg in _in_order([c for c in runs if c.run_id not in done], runs_file, priority):
                 typer.echo(cfg.run_id)
         where = slots(device, workers_per_device) if executor == "local" else None
         # a Ray cluster is not started for a dry run: auto is shown as packing
@@ -258,10 +258,10 @@ def sweep(
         if calibrate and not rates and where and where[0] == "cpu":
             from .plan import planning_throughput
 
-            pending = [c for c in runs if c.run_id not in done]
-            todo = sweep_order([c for c in pending if c.run_id not in planned], priority)  # the sweep's, as below
-            scale = _calibrated(planning_throughput(records, where, threads)[0], todo, where, threads, calibrate,
-                                data_dir, workers=min(len(where), len(pending)))
+            todo = _in_order([c for c in runs if c.run_id not in done], runs_file, priority)  # the sweep's
+            scale = _calibrated(planning_throughput(records, where, threads)[0],
+                                [c for c in todo if c.run_id not in planned], where, threads, calibrate, data_dir,
+                                workers=min(len(where), len(todo)))
         for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
                                   listed=list_runs, threads=threads, scale=scale):
             typer.echo(line)
@@ -271,7 +271,7 @@ def sweep(
     check_writable(results)
     for note in store.prepare():
         typer.echo(note, err=True)
-    todo = pending_runs(runs, store) if runs_file is not None else sweep_order(pending_runs(runs, store), priority)
+    todo = _in_order(pending_runs(runs, store), runs_file, priority)
     check_data(todo, data_dir) if executor == "local" else None
     typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}" + (f" within {limit:g} s" if limit else ""))
     if limit and executor == "local":  # the plan of each run, for plan against actual (scripts/plan_vs_actual.py)
@@ -318,6 +318,13 @@ def sweep(
                    "command to continue")
     if counts.get("error", 0) or (missing and not limit):
         raise typer.Exit(1)
+
+
+def _in_order(pending: list, runs_file: Path | None, priority: int | None) -> list:
+    """The runs to do in the sweep's order: a --runs file's as it lists them, else sweep_order."""
+    from .sweep import sweep_order
+
+    return pending if runs_file is not None else sweep_order(pending, priority)
 
 
 def _calibrated(throughput, todo: list, where: list[str], threads: int | None, seconds: float,

@@ -98,7 +98,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                    n_diverged=int((group["status"] == "diverged").sum()), n_error=int((group["status"] == "error").sum()))
         for metric in METRICS:
             values = pd.to_numeric(ok[metric], errors="coerce").dropna()
-            if metric == "wall_s" and len(devices(timed(ok))) > 1:
+            if metric == "wall_s" and len(devices(ok)) > 1:
                 values = values.iloc[:0]  # seconds on different devices do not average (coverage_notes says where)
             row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
             row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
@@ -106,16 +106,13 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def timed(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs that give their wall time."""
-    return runs[pd.to_numeric(runs["wall_s"], errors="coerce").notna()]
-
-
 def devices(runs: pd.DataFrame) -> list[str]:
-    """The devices the runs ran on (provenance.device; "unknown" where a record does not say), sorted."""
+    """The devices the runs that give a wall time ran on (provenance.device; "unknown" where a record does not
+    say), sorted: more than one, and their seconds do not average."""
     if "provenance_device" not in runs:
         return []
-    return sorted(runs["provenance_device"].astype(object).fillna("unknown").astype(str).unique())
+    timed = runs[pd.to_numeric(runs["wall_s"], errors="coerce").notna()]
+    return sorted(timed["provenance_device"].astype(object).fillna("unknown").astype(str).unique())
 
 
 def best_batch_size(stats: pd.DataFrame) -> pd.Series | None:
@@ -158,7 +155,7 @@ def coverage_notes(runs: pd.DataFrame) -> list[str]:
         if len(few):
             notes.append(f"{where}: {len(few)} of {len(seeds)} conditions have fewer than {PAPER_SEEDS} seeds "
                          f"(min {few.min()})")
-        converged = timed(group[group["status"] == "converged"])
+        converged = group[group["status"] == "converged"]
         mixed = [f"alpha={a:g} B={b} (runs on {' and '.join(devices(runs_ab))})"
                  for (a, b), runs_ab in converged.groupby(["alpha", "batch_size"]) if len(devices(runs_ab)) > 1]
         if mixed:
