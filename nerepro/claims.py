@@ -119,24 +119,18 @@ def claims(results: Results, variant: str) -> list[Claim]:
         single = [a for a in alphas if converged.loc[converged["alpha"] == a, "batch_size"].nunique() < 2]
         for letter, what, key, observed, sign in trends:
             compared = ", ".join(f"alpha={a:g}: {v:.4g}" for a, v in zip(alphas, observed))
-            over, values, draws = alphas, observed, None if boot is None else boot[key]
-            if letter == "b" and boot is not None and single:
-                keep = [i for i, a in enumerate(alphas) if a not in single]
-                compared += f" (one B only at {', '.join(f'alpha={a:g}' for a in single)}: left out"
-                if len(keep) < 2:
-                    out.append(Claim(letter, network, f"{what}: {compared}; needs runs at 2 or more B for 2 or "
-                                     "more alphas)", n_text, "Spearman rho, bootstrap over seeds", None, None,
-                                     "not enough data"))
-                    continue
-                compared += ")"
-                over, values, draws = [alphas[i] for i in keep], [observed[i] for i in keep], draws[:, keep]
-            elif boot is None:
+            keep = [i for i, a in enumerate(alphas) if letter != "b" or a not in single]
+            if len(keep) < len(alphas):
+                compared += (f" (one B only at {', '.join(f'alpha={a:g}' for a in single)}: left out"
+                             f"{'' if len(keep) >= 2 else '; needs runs at 2 or more B for 2 or more alphas'})")
+            if boot is None or len(keep) < 2:
                 out.append(Claim(letter, network, f"{what}: {compared or 'no data'}", n_text,
                                  "Spearman rho, bootstrap over seeds", None, None, "not enough data"))
                 continue
-            n_over = n_text if over is alphas else f"{len(over)} of {n_text}"  # "2 of 3 alphas, ..."
-            rho = float(_rows_spearman(np.asarray(over), np.asarray([values], float))[0])
-            boot_rho = _rows_spearman(np.asarray(over), draws.astype(float))
+            over = np.asarray([alphas[i] for i in keep])
+            n_over = n_text if len(keep) == len(alphas) else f"{len(keep)} of {n_text}"  # "2 of 3 alphas, ..."
+            rho = float(_rows_spearman(over, np.asarray([[observed[i] for i in keep]], float))[0])
+            boot_rho = _rows_spearman(over, boot[key][:, keep].astype(float))
             p = float(np.mean(sign * boot_rho <= 0))
             out.append(Claim(letter, network, f"{what}: {compared}", n_over,
                              f"Spearman rho, bootstrap over seeds ({BOOTSTRAP})", rho, p, _verdict(p, sign * rho > 0)))
@@ -183,8 +177,8 @@ def write_claims(results: Results, out: Path) -> str:
              f"Verdicts at one-sided level {LEVEL}: *supported* (the effect is there and significant), *not "
              "supported* (absent, reversed or not significant), *not enough data* (fewer than 2 converged seeds "
              "a side, or fewer than 2 alphas; (b) leaves out an alpha run at one B only, whose B_opt is that B). "
-             "B_opt is chosen on the same runs it is tested on, which favours (a); p-values are not corrected for the number of claims. (a), (b) and (d) compare accuracies "
-             "and do not depend on the time axis; (c) is judged in steps and in samples processed (each NE step "
+             "B_opt is chosen on the same runs it is tested on, which favours (a); p-values are not corrected for "
+             "the number of claims. (a), (b) and (d) compare accuracies and do not depend on the time axis; (c) is judged in steps and in samples processed (each NE step "
              "reads 2B samples)."]
     if results.provenance():
         lines += ["", results.provenance()]
