@@ -288,8 +288,9 @@ def sweep(
                         workers=min(len(where), len(todo)))
         for cfg in todo:
             if (seconds := throughput.seconds(cfg)) is not None:
-                factor = throughput.factor(cfg)  # the plan's calibration, for plan against actual
-                store.log(f"planned:{seconds:.4g}", cfg.run_id, "factor:" + ("-" if factor is None else f"{factor:.4g}"))
+                factor = throughput.factor(cfg)  # the plan's calibration and steps, for plan against actual
+                store.log(f"planned:{seconds:.4g}", cfg.run_id, "factor:" + ("-" if factor is None else f"{factor:.4g}")
+                          + f" steps:{throughput.run_steps(cfg):.0f}")
                 if where[0] == "cpu":  # this machine's own speed, until the sweep measures runs of its kind
                     planned.setdefault(cfg.run_id, throughput.bound(cfg))
     display = SweepDisplay(len(todo))

@@ -90,7 +90,8 @@ class ResultsDir:
         return path
 
     def log(self, event: str, run_id: str = "-", note: str = "") -> None:
-        """Append `time host pid event run_id [note]` (note: one more field, no spaces) to DIR/sweep.log."""
+        """Append `time host pid event run_id [note]` to DIR/sweep.log (note: more fields, `key:value` each,
+        separated by single spaces)."""
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} {os.getpid()} {event} {run_id}" \
                + (f" {note}" if note else "") + "\n"
         with open(self.log_path, "a") as f:  # one short write in append mode: lines never interleave

@@ -3,11 +3,13 @@ started (the `planned:<s>` lines of DIR/sweep.log) beside the run's recorded wal
 
     python scripts/plan_vs_actual.py [results/f1]
 
-Prints a Markdown table (run, planned, actual, actual / planned, the calibration factor in the plan, resumes,
-threads, device) of every record with a plan, the plan taken from the last sweep start before the run's record;
-and the share within 30%. The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
+Prints a Markdown table (run, planned, actual, actual / planned, its two parts: the run's steps over the plan's
+and its time a step over the plan's, the calibration factor in the plan, resumes, threads, device) of every
+record with a plan, the plan taken from the last sweep start before the run's record; and the share within 30%,
+in all and in time a step. The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
 on lines without it (sweeps of commit b0ad000), the one the same sweep process logged (`calibrated:<factor>`)
-for the run's (network, B, NE or not), else "-".
+for the run's (network, B, NE or not), else "-". The plan's steps are the line's `steps:<n>` (sweeps before
+it: the parts are "-").
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ def kind(run_id: str) -> tuple | None:
     return (match[1], int(match[3]), float(match[2]) != 1) if match else None
 
 
-def plans(log: Path) -> dict[str, tuple[float, float | None]]:
+def plans(log: Path) -> dict[str, tuple[float, float | None, float | None]]:
     """run id -> (the last plan logged for it before its record, the calibration factor of that sweep for its
-    kind or None)."""
+    kind or None, the plan's steps or None)."""
     planned, found, factors = {}, {}, {}
     for line in log.read_text().splitlines() if log.is_file() else []:
         parts = line.split()
@@ -39,9 +41,11 @@ def plans(log: Path) -> dict[str, tuple[float, float | None]]:
         if event.startswith("calibrated:"):
             factors[pid, kind(run_id)] = float(event.split(":", 1)[1])
         elif event.startswith("planned:"):
-            named = parts[5].split(":", 1)[1] if len(parts) > 5 and parts[5].startswith("factor:") else None
+            notes = dict(part.split(":", 1) for part in parts[5:] if ":" in part)
+            named = notes.get("factor")
             factor = factors.get((pid, kind(run_id))) if named is None else None if named == "-" else float(named)
-            planned[run_id] = (float(event.split(":", 1)[1]), factor)
+            steps = float(notes["steps"]) if notes.get("steps", "-") != "-" else None
+            planned[run_id] = (float(event.split(":", 1)[1]), factor, steps)
         elif event.startswith("recorded:") and run_id in planned:
             found[run_id] = planned[run_id]
     return found
@@ -55,17 +59,25 @@ def main() -> int:
     if not rows:
         print(f"no finished run of {root} has a plan (`planned:` lines come from sweeps with --time-limit)")
         return 0
-    print("| run | planned (s) | actual (s) | actual / planned | calibration | resumes | threads | device |")
-    print("|---|---|---|---|---|---|---|---|")
-    within = 0
-    for run_id, (s, factor), r in sorted(rows):
+    print("| run | planned (s) | actual (s) | actual / planned | steps / planned | time a step / planned | "
+          "calibration | resumes | threads | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    within, split, speed_within = 0, 0, 0
+    for run_id, (s, factor, steps), r in sorted(rows):
         ratio = r["wall_s"] / s
         within += abs(ratio - 1) <= 0.3
+        parts = "- | -"
+        if steps and r.get("steps"):  # ratio = (steps / planned steps) x (time a step / planned time a step)
+            speed = ratio * steps / r["steps"]
+            split, speed_within = split + 1, speed_within + (abs(speed - 1) <= 0.3)
+            parts = f"{r['steps'] / steps:.2f} | {speed:.2f}"
         prov = r.get("provenance") or {}
-        print(f"| `{run_id}` | {s:,.0f} | {r['wall_s']:,.0f} | {ratio:.2f} | "
+        print(f"| `{run_id}` | {s:,.0f} | {r['wall_s']:,.0f} | {ratio:.2f} | {parts} | "
               f"{'-' if factor is None else f'x{factor:.2f}'} | {r.get('resumes', 0)} | "
               f"{prov.get('threads', '?')} | {prov.get('device', '?')} |")
     print(f"\n{within} of {len(rows)} within 30% of the plan")
+    if split:
+        print(f"{speed_within} of the {split} whose plan names its steps within 30% of the plan's time a step")
     return 0
 
 

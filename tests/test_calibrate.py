@@ -121,6 +121,7 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     factors = {p[4]: float(p[3].split(":")[1]) for p in log if p[3].startswith("calibrated:")}
     planned = {p[4]: float(p[3].split(":")[1]) for p in log if p[3].startswith("planned:")}
     named = {p[4]: float(p[5].split(":")[1]) for p in log if p[3].startswith("planned:")}  # the plan's own factor
+    steps = {p[4]: p[6] for p in log if p[3].startswith("planned:")}  # and its steps (plan against actual's split)
     throughput, _ = planning_throughput(records, ["cpu", "cpu"], 1)
     todo = {c.run_id: c for c in [RunConfig("F1", a, 20, seed=s, max_steps=40, check_every=10) for a in (1.0, 1.5)
                                   for s in (1, 2)]}
@@ -130,6 +131,8 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     for cfg in todo.values():  # each at its kind's factor (both logged to 4 digits)
         assert planned[cfg.run_id] == pytest.approx(kinds[Throughput.kind(cfg)[:3]] * throughput.seconds(cfg), rel=2e-3)
         assert named[cfg.run_id] == kinds[Throughput.kind(cfg)[:3]]
+        ran = [r["steps"] for r in records if r["alpha"] == cfg.alpha]  # the row's one finished seed
+        assert len(ran) == 1 and steps[cfg.run_id] == f"steps:{ran[0]}"
     def broken(*args):
         raise RuntimeError("a benchmark worker process died")
 

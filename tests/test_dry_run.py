@@ -277,23 +277,29 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
     root = tmp_path / "r"
     (root / "runs").mkdir(parents=True)
     a, b = "F1-a1.5-b2000-s7-aaaaaaaaaa", "F1-a1-b900-s1-bbbbbbbbbb"
-    c, d = "F1-a1.5-b2000-s8-cccccccccc", "F1-a1.5-b2000-s9-dddddddddd"
-    for run_id, wall in ((a, 120.0), (b, 300.0), (c, 50.0), (d, 60.0)):
+    c, d, e = "F1-a1.5-b2000-s8-cccccccccc", "F1-a1.5-b2000-s9-dddddddddd", "F1-a1-b900-s2-eeeeeeeeee"
+    for run_id, wall, steps in ((a, 120.0, 80), (b, 300.0, 80), (c, 50.0, 125), (d, 60.0, 80), (e, 140.0, 1000)):
         (root / "runs" / f"{run_id}.json").write_text(json.dumps(
             {"run_id": run_id, "network": "F1", "alpha": 1.0, "batch_size": 20, "seed": 0, "status": "converged",
-             "wall_s": wall, "provenance": {"threads": 1, "device": "cpu"}}))
+             "wall_s": wall, "steps": steps, "provenance": {"threads": 1, "device": "cpu"}}))
     (root / "sweep.log").write_text(  # sweep 2 calibrated the NE kind (beside another seed), sweep 1 nothing
         f"t h 1 planned:90 {a}\nt h 2 calibrated:1.25 F1-a1.5-b2000-s3-cccccccccc\nt h 2 calibrated:2 F1-a2-b900-s0-d\n"
         f"t h 2 planned:100 {a}\nt h 1 planned:200 {b}\nt h 1 start {a}\nt h 1 recorded:converged {a}\n"
         f"t h 1 recorded:converged {b}\nt h 2 planned:999 {b}\n"
-        f"t h 2 planned:50 {c} factor:0.8\nt h 2 planned:60 {d} factor:-\nt h 2 recorded:converged {c}\n"
-        f"t h 2 recorded:converged {d}\n")  # the plan line's own factor wins over the process's
+        f"t h 2 planned:50 {c} factor:0.8 steps:100\nt h 2 planned:60 {d} factor:-\nt h 2 recorded:converged {c}\n"
+        f"t h 2 recorded:converged {d}\nt h 3 planned:100 {e} factor:1.1 steps:1000\nt h 3 recorded:converged {e}\n")
+    # the plan line's own factor wins over the process's; where it names its steps, the ratio splits into
+    # steps (c: 125 of 100 planned) and time a step (c: 50 s / 125 against 50 s / 100, e: 0.14 s against 0.1 s)
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "plan_vs_actual.py"), str(root)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert f"| `{a}` | 100 | 120 | 1.20 | x1.25 |" in out.stdout and f"| `{b}` | 200 | 300 | 1.50 | - |" in out.stdout
-    assert f"| `{c}` | 50 | 50 | 1.00 | x0.80 |" in out.stdout and f"| `{d}` | 60 | 60 | 1.00 | - |" in out.stdout
-    assert "3 of 4 within 30% of the plan" in out.stdout
+    assert f"| `{a}` | 100 | 120 | 1.20 | - | - | x1.25 |" in out.stdout
+    assert f"| `{b}` | 200 | 300 | 1.50 | - | - | - |" in out.stdout
+    assert f"| `{c}` | 50 | 50 | 1.00 | 1.25 | 0.80 | x0.80 |" in out.stdout
+    assert f"| `{d}` | 60 | 60 | 1.00 | - | - | - |" in out.stdout
+    assert f"| `{e}` | 100 | 140 | 1.40 | 1.00 | 1.40 | x1.10 |" in out.stdout
+    assert "3 of 5 within 30% of the plan" in out.stdout
+    assert "1 of the 2 whose plan names its steps within 30% of the plan's time a step" in out.stdout
 
 
 def test_a_time_limited_sweep_logs_each_runs_plan(tmp_path, fake_fmnist_root):
