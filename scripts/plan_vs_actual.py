@@ -9,7 +9,8 @@ record with a plan, the plan taken from the last sweep start before the run's re
 in all and in time a step. The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
 on lines without it (sweeps of commit b0ad000), the one the same sweep process logged (`calibrated:<factor>`)
 for the run's (network, B, NE or not), else "-". The plan's steps are the line's `steps:<n>` (sweeps before
-it: the parts are "-").
+it: the parts are "-"). A packed run's actual time is its share of its pack's (its `wall_s` is the pack's), as
+its plan is.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     within, split, speed_within = 0, 0, 0
     for run_id, (s, factor, steps), r in sorted(rows):
-        ratio = r["wall_s"] / s
+        wall = r["wall_s"] / max(1, r.get("pack_size") or 1)
+        ratio = wall / s
         within += abs(ratio - 1) <= 0.3
         parts = "- | -"
         if steps and r.get("steps"):  # ratio = (steps / planned steps) x (time a step / planned time a step)
@@ -72,7 +74,7 @@ def main() -> int:
             split, speed_within = split + 1, speed_within + (abs(speed - 1) <= 0.3)
             parts = f"{r['steps'] / steps:.2f} | {speed:.2f}"
         prov = r.get("provenance") or {}
-        print(f"| `{run_id}` | {s:,.0f} | {r['wall_s']:,.0f} | {ratio:.2f} | {parts} | "
+        print(f"| `{run_id}` | {s:,.0f} | {wall:,.0f} | {ratio:.2f} | {parts} | "
               f"{'-' if factor is None else f'x{factor:.2f}'} | {r.get('resumes', 0)} | "
               f"{prov.get('threads', '?')} | {prov.get('device', '?')} |")
     print(f"\n{within} of {len(rows)} within 30% of the plan")

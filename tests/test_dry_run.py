@@ -278,16 +278,20 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
     (root / "runs").mkdir(parents=True)
     a, b = "F1-a1.5-b2000-s7-aaaaaaaaaa", "F1-a1-b900-s1-bbbbbbbbbb"
     c, d, e = "F1-a1.5-b2000-s8-cccccccccc", "F1-a1.5-b2000-s9-dddddddddd", "F1-a1-b900-s2-eeeeeeeeee"
-    for run_id, wall, steps in ((a, 120.0, 80), (b, 300.0, 80), (c, 50.0, 125), (d, 60.0, 80), (e, 140.0, 1000)):
+    f = "F1-a1-b900-s3-ffffffffff"  # one run of a pack of 4: its share of the pack's wall time
+    for run_id, wall, steps in ((a, 120.0, 80), (b, 300.0, 80), (c, 50.0, 125), (d, 60.0, 80), (e, 140.0, 1000),
+                                (f, 360.0, 900)):
         (root / "runs" / f"{run_id}.json").write_text(json.dumps(
             {"run_id": run_id, "network": "F1", "alpha": 1.0, "batch_size": 20, "seed": 0, "status": "converged",
-             "wall_s": wall, "steps": steps, "provenance": {"threads": 1, "device": "cpu"}}))
+             "wall_s": wall, "steps": steps, "provenance": {"threads": 1, "device": "cpu"},
+             **({"pack_size": 4} if run_id == f else {})}))
     (root / "sweep.log").write_text(  # sweep 2 calibrated the NE kind (beside another seed), sweep 1 nothing
         f"t h 1 planned:90 {a}\nt h 2 calibrated:1.25 F1-a1.5-b2000-s3-cccccccccc\nt h 2 calibrated:2 F1-a2-b900-s0-d\n"
         f"t h 2 planned:100 {a}\nt h 1 planned:200 {b}\nt h 1 start {a}\nt h 1 recorded:converged {a}\n"
         f"t h 1 recorded:converged {b}\nt h 2 planned:999 {b}\n"
         f"t h 2 planned:50 {c} factor:0.8 steps:100\nt h 2 planned:60 {d} factor:-\nt h 2 recorded:converged {c}\n"
-        f"t h 2 recorded:converged {d}\nt h 3 planned:100 {e} factor:1.1 steps:1000\nt h 3 recorded:converged {e}\n")
+        f"t h 2 recorded:converged {d}\nt h 3 planned:100 {e} factor:1.1 steps:1000\nt h 3 recorded:converged {e}\n"
+        f"t h 3 planned:100 {f} factor:- steps:1000\nt h 3 recorded:converged {f}\n")
     # the plan line's own factor wins over the process's; where it names its steps, the ratio splits into
     # steps (c: 125 of 100 planned) and time a step (c: 50 s / 125 against 50 s / 100, e: 0.14 s against 0.1 s)
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "plan_vs_actual.py"), str(root)],
@@ -298,8 +302,9 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
     assert f"| `{c}` | 50 | 50 | 1.00 | 1.25 | 0.80 | x0.80 |" in out.stdout
     assert f"| `{d}` | 60 | 60 | 1.00 | - | - | - |" in out.stdout
     assert f"| `{e}` | 100 | 140 | 1.40 | 1.00 | 1.40 | x1.10 |" in out.stdout
-    assert "3 of 5 within 30% of the plan" in out.stdout
-    assert "1 of the 2 whose plan names its steps within 30% of the plan's time a step" in out.stdout
+    assert f"| `{f}` | 100 | 90 | 0.90 | 0.90 | 1.00 | - |" in out.stdout
+    assert "4 of 6 within 30% of the plan" in out.stdout
+    assert "2 of the 3 whose plan names its steps within 30% of the plan's time a step" in out.stdout
 
 
 def test_a_time_limited_sweep_logs_each_runs_plan(tmp_path, fake_fmnist_root):
@@ -319,3 +324,30 @@ def test_a_time_limited_sweep_logs_each_runs_plan(tmp_path, fake_fmnist_root):
     recorded = {p.stem for p in (results / "runs").glob("*.json")}
     assert {p[4] for p in planned} == {c.run_id for c in load_grid([config])} - recorded and len(planned) == 4
     assert all(float(p[3].split(":")[1]) > 0 for p in planned)
+
+
+def test_a_time_limited_sweep_logs_the_steps_and_seconds_of_each_plan(tmp_path, fake_fmnist_root):
+    """Each `planned:` line names the plan's steps (the mean of the row's finished runs, not the estimate nor the
+    steps a run is allowed) and its seconds at the fastest record's speed: plan_vs_actual.py splits on them."""
+    from nerepro import RunConfig
+
+    config = tmp_path / "grid.toml"
+    config.write_text("seeds = 3\n[settings]\nmax_steps = 100\ncheck_every = 10\n[[grid]]\nnetwork = \"F1\"\n"
+                      "alpha = 1.0\nbatch_size = 20\n")
+    results = tmp_path / "r"
+    (results / "runs").mkdir(parents=True)
+    for seed, steps, wall in ((0, 30, 3.0), (1, 50, 10.0)):  # 10 and 5 steps a second
+        cfg = RunConfig("F1", 1.0, 20, seed=seed, max_steps=100, check_every=10)
+        (results / "runs" / f"{cfg.run_id}.json").write_text(json.dumps(
+            {"run_id": cfg.run_id, "network": "F1", "alpha": 1.0, "batch_size": 20, "seed": seed,
+             "status": "converged", "steps": steps, "samples_processed": steps * 20, "wall_s": wall,
+             "stop_loss": cfg.effective_stop_loss, "check_every": 10, "check_s": 0.0,
+             "config": cfg.record_config(), "provenance": {"device_type": "cpu", "threads": 1}}))
+    todo = RunConfig("F1", 1.0, 20, seed=2, max_steps=100, check_every=10)
+    out = CliRunner().invoke(app, ["sweep", str(config), "--results", str(results), "--data-dir",
+                                   str(fake_fmnist_root), "--device", "cpu", "--workers-per-device", "1",
+                                   "--threads", "1", "--time-limit", "1s", "--calibrate", "0"])
+    assert out.exit_code == 0, out.output
+    planned = [line.split()[3:] for line in (results / "sweep.log").read_text().splitlines() if " planned:" in line]
+    assert planned == [["planned:4", todo.run_id, "factor:-", "steps:40"]]  # 40 steps at 10 a second
+    assert not (results / "runs" / f"{todo.run_id}.json").exists()  # 4 s (and its margin) do not fit in 1 s
