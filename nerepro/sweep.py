@@ -515,6 +515,9 @@ def _ray_task(unit: list[RunConfig], root: str, data_dir: str | None, checkpoint
               deadline: float | None) -> list[dict]:
     if deadline is not None and time.time() >= deadline:
         return []  # scheduled too late: leave it to the next sweep
+    # the task's one CPU (run_ray asks num_cpus=1): Ray sets OMP_NUM_THREADS=1 only where the user has not set it,
+    # and a CPU run's floats depend on its thread count
+    torch.set_num_threads(1)
     unit = [dataclasses.replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu") for cfg in unit]
     cache = _WORKER.setdefault("cache", DataCache(data_dir))  # a CPU worker serves many tasks; a GPU one, one
     try:

@@ -158,6 +158,7 @@ def test_ray_executor_matches_local(tmp_path, monkeypatch):
     training samples for smoke's subset of 500; shortened to 40 steps) gives the local executor's records."""
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a user's setting, which Ray's workers inherit: a task takes one
     from conftest import write_fashion_mnist
     from nerepro.grid import load_grid
     from nerepro.sweep import run_ray
