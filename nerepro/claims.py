@@ -178,8 +178,8 @@ def write_claims(results: Results, out: Path) -> str:
              "supported* (absent, reversed or not significant), *not enough data* (fewer than 2 converged seeds "
              "a side, or fewer than 2 alphas; (b) leaves out an alpha run at one B only, whose B_opt is that B). "
              "B_opt is chosen on the same runs it is tested on, which favours (a); p-values are not corrected for "
-             "the number of claims. (a), (b) and (d) compare accuracies and do not depend on the time axis; (c) is judged in steps and in samples processed (each NE step "
-             "reads 2B samples)."]
+             "the number of claims. (a), (b) and (d) compare accuracies and do not depend on the time axis; (c) "
+             "is judged in steps and in samples processed (each NE step reads 2B samples)."]
     if results.provenance():
         lines += ["", results.provenance()]
     frames = []
