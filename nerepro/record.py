@@ -154,3 +154,19 @@ def provenance(device: torch.device) -> dict:
         "python": platform.python_version(),
         "host": socket.gethostname(),
     }
+
+
+def segment(device: torch.device, first_step: int, last_step: int, wall_s: float) -> dict:
+    """One segment of a run (from its start or a checkpoint to a pause or its end): its steps, wall time, and the
+    code, machine and threads that ran it."""
+    commit, dirty = git_state()
+    return {"steps": [first_step, last_step], "wall_s": wall_s, "git_commit": commit, "git_dirty": dirty,
+            "device": device_name(device), "threads": torch.get_num_threads(), "host": socket.gethostname()}
+
+
+def segments_provenance(segments: list[dict]) -> dict:
+    """The provenance fields of a resumed run: its segments, oldest first, and a dirty flag for the whole run
+    (true where any segment ran uncommitted changes; else null where any segment's is unknown; else false).
+    The record's other fields (git_commit among them) stay those of its last segment."""
+    flags = [s.get("git_dirty") for s in segments]
+    return {"segments": segments, "git_dirty": True if True in flags else None if None in flags else False}

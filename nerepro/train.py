@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .gradient import accumulate_full_gradient, ne_objective
 from .models import build_model
 from .pack import backward_pack, check_pack, pack_dataset_loss, pack_objective
-from .record import finite_or_none, git_state, provenance
+from .record import finite_or_none, git_state, provenance, segment, segments_provenance
 from .sampling import PackDraws, make_sampler
 from .schedule import Action, EpochWindow, dataset_loss, evaluate, full_check_due, next_action
 from .trace import StepTrace
@@ -53,6 +53,7 @@ class RunState:
     check_passes: int = 0  # full checks started; the budget counts them as whole passes (see _check_plan)
     wall_before: float = 0.0  # wall time of earlier segments of a resumed run
     resumes: int = 0
+    segments: list = field(default_factory=list)  # earlier segments' provenance (record.segment), oldest first
     window: dict | None = None  # the EpochWindow of the epoch_mean readings, at the checkpoint
     since_check: int = 0  # steps since the last check, and the sum of their minibatch losses (a checkpoint
     minibatch_sum: float = 0.0  # between checks, when a time limit pauses the run, continues them)
@@ -223,6 +224,10 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
     if device.type == "cuda":  # the loop's clock starts on an idle device: set-up kernels are not its time
         torch.cuda.synchronize(device)
     last_save = t_loop = time.perf_counter()
+    first_step, wall_at_start = step, {m.cfg.run_id: m.state.wall_before for m in members}  # this segment's start
+
+    def this_segment(m: Member, wall_s: float) -> dict:
+        return segment(device, first_step, m.state.step, wall_s - wall_at_start[m.cfg.run_id])
 
     def save() -> None:
         nonlocal t_start, last_save
@@ -233,8 +238,9 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
             m.state.wall_before += now - t_start  # every member was in the pack for the whole segment
             m.state.window = window.state_dict(i) if window is not None else None
             m.state.since_check, m.state.minibatch_sum = since_check, sums[i]
-            if m.checkpoint is not None:
-                save_checkpoint(m.checkpoint, m.cfg.run_id, m.model, m.optimizer, asdict(m.state))
+            if m.checkpoint is not None:  # a run resumed from here has this segment, up to here, behind it
+                saved = {**asdict(m.state), "segments": [*m.state.segments, this_segment(m, m.state.wall_before)]}
+                save_checkpoint(m.checkpoint, m.cfg.run_id, m.model, m.optimizer, saved)
         t_start = last_save = now
 
     def finish(m: Member) -> None:
@@ -251,8 +257,10 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
                 test_loss, test_acc = evaluate(m.model, data.x_test, data.y_test, m.cfg.check_chunk)
                 if window is not None and m.state.status != "diverged":  # L(w) of Eq. (1) beside the reading
                     train_loss_full = dataset_loss(m.model, data.x_train, data.y_train, m.cfg.check_chunk).value
-        record = make_record(m.cfg, data, m.state, device, test_loss, test_acc,
-                             wall_s=m.state.wall_before + time.perf_counter() - t_start, loop_s=loop_s)
+        wall_s = m.state.wall_before + time.perf_counter() - t_start
+        record = make_record(m.cfg, data, m.state, device, test_loss, test_acc, wall_s=wall_s, loop_s=loop_s)
+        if m.state.resumes:  # the code, machine and threads of each segment (none saved before they were kept)
+            record["provenance"].update(segments_provenance([*m.state.segments, this_segment(m, wall_s)]))
         record["pack_size"] = size
         if not single:  # a pack's arithmetic is eager (pack.py), whatever --compile asked for
             record["provenance"]["compile"] = "off"

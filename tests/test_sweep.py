@@ -328,6 +328,36 @@ def test_run_paused_between_checks_resumes_to_the_same_record(tmp_path, monkeypa
     assert resumed["resumes"] == 1 and strip(resumed) == strip(uninterrupted)
 
 
+def test_a_resumed_runs_record_names_the_code_and_machine_of_each_segment(tmp_path, monkeypatch):
+    """A run paused under one commit and finished under another says so: each segment's steps, wall time, commit,
+    dirty flag, device and threads, and a dirty flag for the whole run that any dirty segment makes true."""
+    training = importlib.import_module("nerepro.train")
+    record_module = importlib.import_module("nerepro.record")
+
+    data = synthetic_data(noise=1.0)
+    cfg = RunConfig(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=90,
+                    device="cpu")
+    assert "segments" not in train(cfg, data=data)["provenance"]  # a run in one go: its provenance as before
+    for finish_dirty in (False, True):
+        ckpt = tmp_path / f"run-{finish_dirty}.pt"
+        monkeypatch.setattr(record_module, "git_state", lambda: ("a" * 40, False))
+        ticks = iter(range(10 ** 6))
+        with monkeypatch.context() as clock:
+            clock.setattr(training.time, "time", lambda: float(next(ticks)))  # one tick per step
+            with pytest.raises(training.OutOfTime):
+                train(cfg, data=data, checkpoint=ckpt, deadline=37.0)
+        monkeypatch.setattr(record_module, "git_state", lambda: ("b" * 40, finish_dirty))
+        record = train(cfg, data=data, checkpoint=ckpt)
+        first, last = record["provenance"]["segments"]
+        assert [first["steps"], last["steps"]] == [[0, 37], [37, 90]] and record["steps"] == 90
+        assert (first["git_commit"], first["git_dirty"], last["git_commit"]) == ("a" * 40, False, "b" * 40)
+        assert record["provenance"]["git_commit"] == "b" * 40  # the last segment's, as a run in one go
+        assert record["provenance"]["git_dirty"] is finish_dirty
+        assert first["threads"] == last["threads"] == torch.get_num_threads() and first["device"] == last["device"]
+        assert first["wall_s"] > 0 and last["wall_s"] > 0
+        assert first["wall_s"] + last["wall_s"] == pytest.approx(record["wall_s"])
+
+
 LONG_GRID = """seeds = 2
 [settings]
 max_steps = 300
