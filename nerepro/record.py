@@ -135,6 +135,20 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+@lru_cache(maxsize=None)
+def cpu_id(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's family, model and stepping, e.g. "family 25, model 17, stepping 1": they tell apart machines that
+    call themselves the same ("AMD EPYC" of two generations); None where unknown."""
+    try:
+        first = Path(cpuinfo).read_text().split("\n\n")[0]  # the first processor's block
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    parts = [f"{name} {fields[key]}" for name, key in (("family", "cpu family"), ("model", "model"),
+                                                        ("stepping", "stepping")) if fields.get(key)]
+    return ", ".join(parts) or None
+
+
 def provenance(device: torch.device) -> dict:
     """Where and with what a record was made: code version, libraries, device."""
     import torchvision
@@ -151,17 +165,21 @@ def provenance(device: torch.device) -> dict:
         "device": device_name(device),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the CPU kernels torch runs: AVX512, AVX2, ...
+        "cpu_id": cpu_id(),
         "python": platform.python_version(),
         "host": socket.gethostname(),
     }
 
 
+SEGMENT_FIELDS = ("git_commit", "git_dirty", "device", "threads", "cpu_capability", "cpu_id", "host")
+
+
 def segment(device: torch.device, first_step: int, last_step: int, wall_s: float) -> dict:
     """One segment of a run (from its start or a checkpoint to a pause or its end): its steps, wall time, and the
-    code, machine and threads that ran it."""
-    commit, dirty = git_state()
-    return {"steps": [first_step, last_step], "wall_s": wall_s, "git_commit": commit, "git_dirty": dirty,
-            "device": device_name(device), "threads": torch.get_num_threads(), "host": socket.gethostname()}
+    code, machine and threads that ran it (SEGMENT_FIELDS of its provenance)."""
+    made = provenance(device)
+    return {"steps": [first_step, last_step], "wall_s": wall_s, **{k: made[k] for k in SEGMENT_FIELDS}}
 
 
 def segments_provenance(segments: list[dict]) -> dict:

@@ -244,6 +244,20 @@ def test_error_record_names_the_device_it_ran_on(monkeypatch):
     assert error_record(cfg, RuntimeError("boom"), "cpu")["provenance"]["device_type"] == "cpu"
 
 
+def test_the_cpu_is_named_by_family_model_and_stepping(tmp_path):
+    """Two machines that both call themselves "AMD EPYC" differ in what a record says of their CPU."""
+    from nerepro.record import cpu_id
+
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n" \
+            "stepping\t: 1\nflags\t\t: fpu avx2\n"
+    (tmp_path / "zen3").write_text(block.format(0, 1) + "\n" + block.format(1, 1))
+    (tmp_path / "zen4").write_text(block.format(0, 17) + "\n" + block.format(1, 17))
+    (tmp_path / "bare").write_text("processor\t: 0\nmodel name\t: cpu\n")
+    assert cpu_id(str(tmp_path / "zen3")) == "family 25, model 1, stepping 1"
+    assert cpu_id(str(tmp_path / "zen4")) == "family 25, model 17, stepping 1"
+    assert cpu_id(str(tmp_path / "bare")) is None and cpu_id(str(tmp_path / "missing")) is None
+
+
 def test_memory_estimates_and_refusal():
     from nerepro.cost import estimated_device_bytes
     from nerepro.errors import ConfigError
@@ -354,6 +368,8 @@ def test_a_resumed_runs_record_names_the_code_and_machine_of_each_segment(tmp_pa
         assert record["provenance"]["git_commit"] == "b" * 40  # the last segment's, as a run in one go
         assert record["provenance"]["git_dirty"] is finish_dirty
         assert first["threads"] == last["threads"] == torch.get_num_threads() and first["device"] == last["device"]
+        kernels = torch.backends.cpu.get_cpu_capability()  # AVX512, AVX2, ...: the CPU kernels the run took
+        assert first["cpu_capability"] == record["provenance"]["cpu_capability"] == kernels
         assert first["wall_s"] > 0 and last["wall_s"] > 0
         assert first["wall_s"] + last["wall_s"] == pytest.approx(record["wall_s"])
 
