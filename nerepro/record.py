@@ -175,11 +175,11 @@ def provenance(device: torch.device) -> dict:
 SEGMENT_FIELDS = ("git_commit", "git_dirty", "device", "threads", "cpu_capability", "cpu_id", "host")
 
 
-def segment(device: torch.device, first_step: int, last_step: int, wall_s: float) -> dict:
-    """One segment of a run (from its start or a checkpoint to a pause or its end): its steps, wall time, and the
-    code, machine and threads that ran it (SEGMENT_FIELDS of its provenance)."""
+def segment(device: torch.device, first_step: int, last_step: int, wall_s: float, cpu_s: float) -> dict:
+    """One segment of a run (from its start or a checkpoint to a pause or its end): its steps, wall and CPU time,
+    and the code, machine and threads that ran it (SEGMENT_FIELDS of its provenance)."""
     made = provenance(device)
-    return {"steps": [first_step, last_step], "wall_s": wall_s, **{k: made[k] for k in SEGMENT_FIELDS}}
+    return {"steps": [first_step, last_step], "wall_s": wall_s, "cpu_s": cpu_s, **{k: made[k] for k in SEGMENT_FIELDS}}
 
 
 def segments_provenance(segments: list[dict]) -> dict:

@@ -27,7 +27,7 @@ from .trace import write_record_trace
 
 # runs.csv: every scalar field of a record, plus these settings and provenance fields (README, 'runs.csv')
 CONFIG_COLUMNS = ("max_steps", "l_star", "l_star_star")
-PROVENANCE_COLUMNS = ("device", "git_commit", "git_dirty", "torch", "nerepro")
+PROVENANCE_COLUMNS = ("device", "cpu_capability", "cpu_id", "threads", "git_commit", "git_dirty", "torch", "nerepro")
 IDENTITY = ("network", "alpha", "batch_size", "seed")
 # variant parts that an alpha = 1 run without them also stands for: its ne_epoch_mean is epoch_mean and its
 # paired sampling epoch sampling (the defaults' values at alpha = 1)

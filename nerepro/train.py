@@ -52,6 +52,7 @@ class RunState:
     check_samples: int = 0  # samples forwarded by full-training-set checks (their cost)
     check_passes: int = 0  # full checks started; the budget counts them as whole passes (see _check_plan)
     wall_before: float = 0.0  # wall time of earlier segments of a resumed run
+    cpu_before: float = 0.0  # the process's CPU time in earlier segments (all its threads)
     resumes: int = 0
     segments: list = field(default_factory=list)  # earlier segments' provenance (record.segment), oldest first
     window: dict | None = None  # the EpochWindow of the epoch_mean readings, at the checkpoint
@@ -152,7 +153,7 @@ def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_di
     from checkpoints at different steps are trained as one pack per step, one after another."""
     check_pack(cfgs)
     checkpoints = list(checkpoints or [None] * len(cfgs))
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     git_state()  # read once per process, when its code was loaded, not when a long run ends
     cfg = cfgs[0]  # what the runs of a pack share (check_pack)
     device = resolve_device(cfg.device)
@@ -181,7 +182,7 @@ def train_pack(cfgs: list[RunConfig], data: datasets.Data | None = None, data_di
                 records[r["run_id"]] = r
         return [records[c.run_id] for c in cfgs]
     return _loop(members, data, device, progress, checkpoint_every_s, final_evaluation, deadline, on_record,
-                 save_weights, t_start, before_step)
+                 save_weights, t_start, c_start, before_step)
 
 
 def _window(cfg: RunConfig, data: datasets.Data, device: torch.device, runs: int = 1) -> EpochWindow | None:
@@ -192,7 +193,7 @@ def _window(cfg: RunConfig, data: datasets.Data, device: torch.device, runs: int
 
 def _loop(members: list[Member], data: datasets.Data, device: torch.device, progress, checkpoint_every_s: float,
           final_evaluation: bool, deadline: float | None, on_record, save_weights: Path | None,
-          t_start: float, before_step=None) -> list[dict]:
+          t_start: float, c_start: float, before_step=None) -> list[dict]:
     cfg, order = members[0].cfg, [m.cfg.run_id for m in members]
     size = len(members)
     single = size == 1
@@ -224,24 +225,28 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
     if device.type == "cuda":  # the loop's clock starts on an idle device: set-up kernels are not its time
         torch.cuda.synchronize(device)
     last_save = t_loop = time.perf_counter()
-    first_step, wall_at_start = step, {m.cfg.run_id: m.state.wall_before for m in members}  # this segment's start
+    first_step = step  # this segment's start, and its runs' wall and CPU time before it
+    before = {m.cfg.run_id: (m.state.wall_before, m.state.cpu_before) for m in members}
 
-    def this_segment(m: Member, wall_s: float) -> dict:
-        return segment(device, first_step, m.state.step, wall_s - wall_at_start[m.cfg.run_id])
+    def this_segment(m: Member, wall_s: float, cpu_s: float) -> dict:
+        wall_0, cpu_0 = before[m.cfg.run_id]
+        return segment(device, first_step, m.state.step, wall_s - wall_0, cpu_s - cpu_0)
 
     def save() -> None:
-        nonlocal t_start, last_save
+        nonlocal t_start, c_start, last_save
         if tracer is not None:
             tracer.flush([m.state for m in members])
-        sums, now = minibatch_sum.tolist(), time.perf_counter()
+        sums, now, cpu = minibatch_sum.tolist(), time.perf_counter(), time.process_time()
         for i, m in enumerate(members):
             m.state.wall_before += now - t_start  # every member was in the pack for the whole segment
+            m.state.cpu_before += cpu - c_start
             m.state.window = window.state_dict(i) if window is not None else None
             m.state.since_check, m.state.minibatch_sum = since_check, sums[i]
             if m.checkpoint is not None:  # a run resumed from here has this segment, up to here, behind it
-                saved = {**asdict(m.state), "segments": [*m.state.segments, this_segment(m, m.state.wall_before)]}
-                save_checkpoint(m.checkpoint, m.cfg.run_id, m.model, m.optimizer, saved)
-        t_start = last_save = now
+                done = this_segment(m, m.state.wall_before, m.state.cpu_before)
+                save_checkpoint(m.checkpoint, m.cfg.run_id, m.model, m.optimizer,
+                                {**asdict(m.state), "segments": [*m.state.segments, done]})
+        t_start, c_start, last_save = now, cpu, now
 
     def finish(m: Member) -> None:
         if device.type == "cuda":  # the loop's time is the device's work, not the host's enqueueing
@@ -258,9 +263,11 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
                 if window is not None and m.state.status != "diverged":  # L(w) of Eq. (1) beside the reading
                     train_loss_full = dataset_loss(m.model, data.x_train, data.y_train, m.cfg.check_chunk).value
         wall_s = m.state.wall_before + time.perf_counter() - t_start
-        record = make_record(m.cfg, data, m.state, device, test_loss, test_acc, wall_s=wall_s, loop_s=loop_s)
+        cpu_s = m.state.cpu_before + time.process_time() - c_start
+        record = make_record(m.cfg, data, m.state, device, test_loss, test_acc, wall_s=wall_s, loop_s=loop_s,
+                             cpu_s=cpu_s)
         if m.state.resumes:  # the code, machine and threads of each segment (none saved before they were kept)
-            record["provenance"].update(segments_provenance([*m.state.segments, this_segment(m, wall_s)]))
+            record["provenance"].update(segments_provenance([*m.state.segments, this_segment(m, wall_s, cpu_s)]))
         record["pack_size"] = size
         if not single:  # a pack's arithmetic is eager (pack.py), whatever --compile asked for
             record["provenance"]["compile"] = "off"
@@ -512,7 +519,7 @@ def loss_text(loss: float | None, exact: bool, minibatch_loss: float, reading: s
 
 
 def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: torch.device, test_loss: float,
-                test_acc: float, wall_s: float, loop_s: float) -> dict:
+                test_acc: float, wall_s: float, loop_s: float, cpu_s: float | None = None) -> dict:
     """The run's record (README, 'The record'): settings, outcome, costs, provenance and loss curve."""
     exact_losses = [v for v, e in zip(state.curve["train_loss"], state.curve["exact"]) if e]
     converged = state.status == "converged"
@@ -540,6 +547,7 @@ def make_record(cfg: RunConfig, data: datasets.Data, state: RunState, device: to
         "test_acc": finite_or_none(test_acc) if state.status != "diverged" else None,
         "test_loss": finite_or_none(test_loss) if state.status != "diverged" else None,
         "wall_s": wall_s,
+        "cpu_s": cpu_s,  # the process's CPU time over wall_s, all threads: below wall_s x threads where it shared
         "loop_s": loop_s,  # this segment's training loop, steps and checks (what `nerepro bench` times)
         "check_s": state.check_s,
         "check_samples": state.check_samples,

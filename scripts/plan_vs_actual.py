@@ -4,9 +4,11 @@ started (the `planned:<s>` lines of DIR/sweep.log) beside the run's recorded wal
     python scripts/plan_vs_actual.py [results/f1]
 
 Prints a Markdown table (run, planned, actual, actual / planned, its two parts: the run's steps over the plan's
-and its time a step over the plan's, the calibration factor in the plan, resumes, threads, device) of every
-record with a plan, the plan taken from the last sweep start before the run's record; and the share within 30%,
-in all and in time a step. The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
+and its time a step over the plan's, the calibration factor in the plan, the run's CPU share, resumes, threads,
+device) of every record with a plan, the plan taken from the last sweep start before the run's record; and the
+share within 30%, in all, in time a step, and among the runs that had their cores. The CPU share is the record's
+CPU time over its wall time times its threads (`cpu_s`; "-" in records before it): about 1 where the run had its
+cores to itself, less where other work shared them; a run "had its cores" at ALONE or more. The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
 on lines without it (sweeps of commit b0ad000), the one the same sweep process logged (`calibrated:<factor>`)
 for the run's (network, B, NE or not), else "-". The plan's steps are the line's `steps:<n>` (sweeps before
 it: the parts are "-"). A packed run's actual time is its share of its pack's (its `wall_s` is the pack's), as
@@ -22,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerepro.results import load_records  # noqa: E402
+
+ALONE = 0.9  # CPU share at and above which a run had its cores to itself
 
 
 def kind(run_id: str) -> tuple | None:
@@ -61,9 +65,9 @@ def main() -> int:
         print(f"no finished run of {root} has a plan (`planned:` lines come from sweeps with --time-limit)")
         return 0
     print("| run | planned (s) | actual (s) | actual / planned | steps / planned | time a step / planned | "
-          "calibration | resumes | threads | device |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    within, split, speed_within = 0, 0, 0
+          "calibration | CPU share | resumes | threads | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    within, split, speed_within, alone, alone_within = 0, 0, 0, 0, 0
     for run_id, (s, factor, steps), r in sorted(rows):
         wall = r["wall_s"] / max(1, r.get("pack_size") or 1)
         ratio = wall / s
@@ -74,13 +78,27 @@ def main() -> int:
             split, speed_within = split + 1, speed_within + (abs(speed - 1) <= 0.3)
             parts = f"{r['steps'] / steps:.2f} | {speed:.2f}"
         prov = r.get("provenance") or {}
+        share = cpu_share(r)
+        if share is not None and share >= ALONE:
+            alone, alone_within = alone + 1, alone_within + (abs(ratio - 1) <= 0.3)
         print(f"| `{run_id}` | {s:,.0f} | {wall:,.0f} | {ratio:.2f} | {parts} | "
-              f"{'-' if factor is None else f'x{factor:.2f}'} | {r.get('resumes', 0)} | "
-              f"{prov.get('threads', '?')} | {prov.get('device', '?')} |")
+              f"{'-' if factor is None else f'x{factor:.2f}'} | {'-' if share is None else f'{share:.2f}'} | "
+              f"{r.get('resumes', 0)} | {prov.get('threads', '?')} | {prov.get('device', '?')} |")
     print(f"\n{within} of {len(rows)} within 30% of the plan")
     if split:
         print(f"{speed_within} of the {split} whose plan names its steps within 30% of the plan's time a step")
+    if alone:
+        print(f"{alone_within} of the {alone} that had their cores (CPU share {ALONE:g} or more) within 30% of the plan")
     return 0
+
+
+def cpu_share(record: dict) -> float | None:
+    """The run's CPU time over its wall time times its threads (both a pack's where it was packed); None where
+    the record does not give its CPU time."""
+    threads = (record.get("provenance") or {}).get("threads")
+    if not record.get("cpu_s") or not record.get("wall_s") or not threads:
+        return None
+    return record["cpu_s"] / (record["wall_s"] * threads)
 
 
 if __name__ == "__main__":

@@ -352,6 +352,8 @@ def test_a_resumed_runs_record_names_the_code_and_machine_of_each_segment(tmp_pa
     cfg = RunConfig(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=90,
                     device="cpu")
     assert "segments" not in train(cfg, data=data)["provenance"]  # a run in one go: its provenance as before
+    # a process that has half a core: its CPU time runs at half the wall clock's rate
+    monkeypatch.setattr(training.time, "process_time", lambda: time.perf_counter() / 2)
     for finish_dirty in (False, True):
         ckpt = tmp_path / f"run-{finish_dirty}.pt"
         monkeypatch.setattr(record_module, "git_state", lambda: ("a" * 40, False))
@@ -372,6 +374,9 @@ def test_a_resumed_runs_record_names_the_code_and_machine_of_each_segment(tmp_pa
         assert first["cpu_capability"] == record["provenance"]["cpu_capability"] == kernels
         assert first["wall_s"] > 0 and last["wall_s"] > 0
         assert first["wall_s"] + last["wall_s"] == pytest.approx(record["wall_s"])
+        assert first["cpu_s"] + last["cpu_s"] == pytest.approx(record["cpu_s"])
+        assert record["cpu_s"] == pytest.approx(record["wall_s"] / 2, rel=1e-3)
+        assert first["cpu_s"] == pytest.approx(first["wall_s"] / 2, rel=1e-3)
 
 
 LONG_GRID = """seeds = 2
