@@ -13,15 +13,16 @@ from .record import temp_path
 FORMAT = 2  # 2: no sampler state (minibatches are a function of the step: sampling.py)
 
 
-def save_checkpoint(path: Path, run_id: str, model, optimizer, state: dict) -> None:
-    """Model, optimizer and run state, replaced atomically."""
+def save_checkpoint(path: Path, run_id: str, model, optimizer, state: dict, **beside) -> None:
+    """Model, optimizer and run state, replaced atomically; `beside`: more entries of the saved dict, which code
+    that does not know them ignores (train.BOOKKEEPING)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         device_type = next(model.parameters()).device.type
         torch.save({"format": FORMAT, "run_id": run_id, "device_type": device_type, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "state": state}, tmp)
+                    "optimizer": optimizer.state_dict(), "state": state, **beside}, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -175,7 +175,7 @@ def provenance(device: torch.device) -> dict:
 SEGMENT_FIELDS = ("git_commit", "git_dirty", "device", "threads", "cpu_capability", "cpu_id", "host")
 
 
-def segment(device: torch.device, first_step: int, last_step: int, wall_s: float, cpu_s: float) -> dict:
+def segment(device: torch.device, first_step: int, last_step: int, wall_s: float, cpu_s: float | None) -> dict:
     """One segment of a run (from its start or a checkpoint to a pause or its end): its steps, wall and CPU time,
     and the code, machine and threads that ran it (SEGMENT_FIELDS of its provenance)."""
     made = provenance(device)

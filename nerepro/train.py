@@ -52,14 +52,19 @@ class RunState:
     check_samples: int = 0  # samples forwarded by full-training-set checks (their cost)
     check_passes: int = 0  # full checks started; the budget counts them as whole passes (see _check_plan)
     wall_before: float = 0.0  # wall time of earlier segments of a resumed run
-    cpu_before: float = 0.0  # the process's CPU time in earlier segments (all its threads)
     resumes: int = 0
-    segments: list = field(default_factory=list)  # earlier segments' provenance (record.segment), oldest first
     window: dict | None = None  # the EpochWindow of the epoch_mean readings, at the checkpoint
     since_check: int = 0  # steps since the last check, and the sum of their minibatch losses (a checkpoint
     minibatch_sum: float = 0.0  # between checks, when a time limit pauses the run, continues them)
     curve: dict = field(default_factory=lambda: {k: [] for k in CURVE})
     trace: dict | None = None  # with --trace: every step's L_B and NE loss so far (trace.py)
+    # Bookkeeping for the record, not the run's course: saved beside `state` in a checkpoint (BOOKKEEPING), so
+    # that code from before these fields still resumes it, ignoring them
+    cpu_before: float | None = 0.0  # the process's CPU time in earlier segments (all threads); None: unknown
+    segments: list = field(default_factory=list)  # earlier segments' provenance (record.segment), oldest first
+
+
+BOOKKEEPING = ("cpu_before", "segments")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -228,9 +233,9 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
     first_step = step  # this segment's start, and its runs' wall and CPU time before it
     before = {m.cfg.run_id: (m.state.wall_before, m.state.cpu_before) for m in members}
 
-    def this_segment(m: Member, wall_s: float, cpu_s: float) -> dict:
+    def this_segment(m: Member, wall_s: float, cpu_s: float | None) -> dict:
         wall_0, cpu_0 = before[m.cfg.run_id]
-        return segment(device, first_step, m.state.step, wall_s - wall_0, cpu_s - cpu_0)
+        return segment(device, first_step, m.state.step, wall_s - wall_0, None if cpu_s is None else cpu_s - cpu_0)
 
     def save() -> None:
         nonlocal t_start, c_start, last_save
@@ -239,13 +244,15 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
         sums, now, cpu = minibatch_sum.tolist(), time.perf_counter(), time.process_time()
         for i, m in enumerate(members):
             m.state.wall_before += now - t_start  # every member was in the pack for the whole segment
-            m.state.cpu_before += cpu - c_start
+            if m.state.cpu_before is not None:
+                m.state.cpu_before += cpu - c_start
             m.state.window = window.state_dict(i) if window is not None else None
             m.state.since_check, m.state.minibatch_sum = since_check, sums[i]
             if m.checkpoint is not None:  # a run resumed from here has this segment, up to here, behind it
-                done = this_segment(m, m.state.wall_before, m.state.cpu_before)
-                save_checkpoint(m.checkpoint, m.cfg.run_id, m.model, m.optimizer,
-                                {**asdict(m.state), "segments": [*m.state.segments, done]})
+                state = asdict(m.state)
+                kept = {k: state.pop(k) for k in BOOKKEEPING}
+                kept["segments"] = [*kept["segments"], this_segment(m, m.state.wall_before, m.state.cpu_before)]
+                save_checkpoint(m.checkpoint, m.cfg.run_id, m.model, m.optimizer, state, **kept)
         t_start, c_start, last_save = now, cpu, now
 
     def finish(m: Member) -> None:
@@ -263,7 +270,7 @@ def _loop(members: list[Member], data: datasets.Data, device: torch.device, prog
                 if window is not None and m.state.status != "diverged":  # L(w) of Eq. (1) beside the reading
                     train_loss_full = dataset_loss(m.model, data.x_train, data.y_train, m.cfg.check_chunk).value
         wall_s = m.state.wall_before + time.perf_counter() - t_start
-        cpu_s = m.state.cpu_before + time.process_time() - c_start
+        cpu_s = None if m.state.cpu_before is None else m.state.cpu_before + time.process_time() - c_start
         record = make_record(m.cfg, data, m.state, device, test_loss, test_acc, wall_s=wall_s, loop_s=loop_s,
                              cpu_s=cpu_s)
         if m.state.resumes:  # the code, machine and threads of each segment (none saved before they were kept)
@@ -496,7 +503,9 @@ def restore(saved: dict, model, optimizer, window: EpochWindow | None) -> RunSta
     """A checkpoint's state loaded into the run's objects; one that does not fit starts the run over."""
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     try:  # the likeliest misfits first, before anything is changed
-        state = RunState(**saved["state"])
+        state = RunState(**saved["state"], **{k: saved[k] for k in BOOKKEEPING if k in saved})
+        if "cpu_before" not in saved and state.wall_before > 0:  # saved before CPU time was kept: unknown
+            state.cpu_before = None
         if window is not None:
             window.load_state_dict(state.window)
         model.load_state_dict(saved["model"])

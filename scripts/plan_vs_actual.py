@@ -6,9 +6,12 @@ started (the `planned:<s>` lines of DIR/sweep.log) beside the run's recorded wal
 Prints a Markdown table (run, planned, actual, actual / planned, its two parts: the run's steps over the plan's
 and its time a step over the plan's, the calibration factor in the plan, the run's CPU share, resumes, threads,
 device) of every record with a plan, the plan taken from the last sweep start before the run's record; and the
-share within 30%, in all, in time a step, and among the runs that had their cores. The CPU share is the record's
-CPU time over its wall time times its threads (`cpu_s`; "-" in records before it): about 1 where the run had its
-cores to itself, less where other work shared them; a run "had its cores" at ALONE or more. The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
+share within 30%, in all, in time a step, and among the runs that had their cores. The CPU share of a run on the
+CPU is its CPU time over its wall time times its threads (`cpu_s`, over its segments where it was resumed; "-" in
+records before it and for GPU runs): about 1 where a single-threaded run had its core to itself, less where
+other work shared it (several threads read below 1 even alone: parts of a step run on one). A single-threaded
+run "had its core" at ALONE or more: a bound that other work on the core breaks, not a proof that none ran (a
+VM's host, the core's sibling). The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
 on lines without it (sweeps of commit b0ad000), the one the same sweep process logged (`calibrated:<factor>`)
 for the run's (network, B, NE or not), else "-". The plan's steps are the line's `steps:<n>` (sweeps before
 it: the parts are "-"). A packed run's actual time is its share of its pack's (its `wall_s` is the pack's), as
@@ -79,7 +82,7 @@ def main() -> int:
             parts = f"{r['steps'] / steps:.2f} | {speed:.2f}"
         prov = r.get("provenance") or {}
         share = cpu_share(r)
-        if share is not None and share >= ALONE:
+        if had_its_core(r):
             alone, alone_within = alone + 1, alone_within + (abs(ratio - 1) <= 0.3)
         print(f"| `{run_id}` | {s:,.0f} | {wall:,.0f} | {ratio:.2f} | {parts} | "
               f"{'-' if factor is None else f'x{factor:.2f}'} | {'-' if share is None else f'{share:.2f}'} | "
@@ -88,17 +91,28 @@ def main() -> int:
     if split:
         print(f"{speed_within} of the {split} whose plan names its steps within 30% of the plan's time a step")
     if alone:
-        print(f"{alone_within} of the {alone} that had their cores (CPU share {ALONE:g} or more) within 30% of the plan")
+        print(f"{alone_within} of the {alone} single-threaded runs that had their core (CPU share {ALONE:g} or more) "
+              "within 30% of the plan")
     return 0
 
 
 def cpu_share(record: dict) -> float | None:
-    """The run's CPU time over its wall time times its threads (both a pack's where it was packed); None where
-    the record does not give its CPU time."""
-    threads = (record.get("provenance") or {}).get("threads")
-    if not record.get("cpu_s") or not record.get("wall_s") or not threads:
+    """A CPU run's CPU time over its wall time times its threads (both a pack's where it was packed; summed over
+    its segments where it was resumed, each at its own threads); None where the record does not give its CPU
+    time or ran on a GPU."""
+    prov = record.get("provenance") or {}
+    if prov.get("device_type") not in (None, "cpu"):
         return None
-    return record["cpu_s"] / (record["wall_s"] * threads)
+    parts = prov.get("segments") or [{**prov, **record}]
+    if any(not p.get("cpu_s") or not p.get("wall_s") or not p.get("threads") for p in parts):
+        return None
+    return sum(p["cpu_s"] for p in parts) / sum(p["wall_s"] * p["threads"] for p in parts)
+
+
+def had_its_core(record: dict) -> bool:
+    """Whether a single-threaded CPU run had its core to itself (CPU share ALONE or more)."""
+    share = cpu_share(record)
+    return share is not None and share >= ALONE and (record.get("provenance") or {}).get("threads") == 1
 
 
 if __name__ == "__main__":

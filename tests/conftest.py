@@ -14,6 +14,7 @@ from nerepro.data import Data
 
 REPO = Path(__file__).resolve().parents[1]
 DECISIONS = ("status", "steps", "convergence_steps", "lr_halved_step")
+TIMES = ("wall_s", "cpu_s", "loop_s", "check_s", "provenance")  # record fields two runs of one config differ in
 EQ1 = dict(stop_loss="full", sampling="independent", adam_update="pytorch")  # the Eq. (1) reading (but its cadence)
 
 

@@ -279,13 +279,17 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
     a, b = "F1-a1.5-b2000-s7-aaaaaaaaaa", "F1-a1-b900-s1-bbbbbbbbbb"
     c, d, e = "F1-a1.5-b2000-s8-cccccccccc", "F1-a1.5-b2000-s9-dddddddddd", "F1-a1-b900-s2-eeeeeeeeee"
     f = "F1-a1-b900-s3-ffffffffff"  # one run of a pack of 4: its share of the pack's wall time
-    # CPU time: a, e and f's pack had their core (share 0.98-0.99), b shared it (0.5), c and d do not say
-    cpu = {a: 118.0, b: 150.0, e: 139.0, f: 356.0}
+    # CPU time: a, e and f's pack had their core (share 0.98-0.99), b shared it (0.5), c and d do not say; d ran
+    # 2 threads (its share would be 0.49), f on a GPU (none)
+    cpu = {a: 118.0, b: 150.0, d: 59.0, e: 139.0, f: 356.0}
+    threads, device = {d: 2}, {f: "cuda"}
     for run_id, wall, steps in ((a, 120.0, 80), (b, 300.0, 80), (c, 50.0, 125), (d, 60.0, 80), (e, 140.0, 1000),
                                 (f, 360.0, 900)):
         (root / "runs" / f"{run_id}.json").write_text(json.dumps(
             {"run_id": run_id, "network": "F1", "alpha": 1.0, "batch_size": 20, "seed": 0, "status": "converged",
-             "wall_s": wall, "steps": steps, "provenance": {"threads": 1, "device": "cpu"},
+             "wall_s": wall, "steps": steps,
+             "provenance": {"threads": threads.get(run_id, 1), "device": "cpu",
+                            "device_type": device.get(run_id, "cpu")},
              **({"cpu_s": cpu[run_id]} if run_id in cpu else {}), **({"pack_size": 4} if run_id == f else {})}))
     (root / "sweep.log").write_text(  # sweep 2 calibrated the NE kind (beside another seed), sweep 1 nothing
         f"t h 1 planned:90 {a}\nt h 2 calibrated:1.25 F1-a1.5-b2000-s3-cccccccccc\nt h 2 calibrated:2 F1-a2-b900-s0-d\n"
@@ -302,12 +306,13 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
     assert f"| `{a}` | 100 | 120 | 1.20 | - | - | x1.25 | 0.98 |" in out.stdout
     assert f"| `{b}` | 200 | 300 | 1.50 | - | - | - | 0.50 |" in out.stdout
     assert f"| `{c}` | 50 | 50 | 1.00 | 1.25 | 0.80 | x0.80 | - |" in out.stdout
-    assert f"| `{d}` | 60 | 60 | 1.00 | - | - | - | - |" in out.stdout
+    assert f"| `{d}` | 60 | 60 | 1.00 | - | - | - | 0.49 |" in out.stdout
     assert f"| `{e}` | 100 | 140 | 1.40 | 1.00 | 1.40 | x1.10 | 0.99 |" in out.stdout
-    assert f"| `{f}` | 100 | 90 | 0.90 | 0.90 | 1.00 | - | 0.99 |" in out.stdout
+    assert f"| `{f}` | 100 | 90 | 0.90 | 0.90 | 1.00 | - | - |" in out.stdout
     assert "4 of 6 within 30% of the plan" in out.stdout
     assert "2 of the 3 whose plan names its steps within 30% of the plan's time a step" in out.stdout
-    assert "2 of the 3 that had their cores (CPU share 0.9 or more) within 30% of the plan" in out.stdout
+    assert "1 of the 2 single-threaded runs that had their core (CPU share 0.9 or more) within 30% of the plan" \
+        in out.stdout
 
 
 def test_a_time_limited_sweep_logs_each_runs_plan(tmp_path, fake_fmnist_root):

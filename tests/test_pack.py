@@ -8,7 +8,7 @@ only, against float64, with tolerances from fp32's rounding."""
 import pytest
 import torch
 
-from conftest import EQ1, assert_same_run, synthetic_data, train_killed_at
+from conftest import EQ1, TIMES, assert_same_run, synthetic_data, train_killed_at
 from nerepro import RunConfig, train
 from nerepro.pack import check_pack, pack_dataset_loss, pack_logits, stacked_layers
 from nerepro.models import build_model
@@ -143,8 +143,11 @@ def test_a_pack_resumes_from_its_members_checkpoints(data, tmp_path):
     resumed = train_pack(runs, data=data, checkpoints=paths)
     for a, b in zip(uninterrupted, resumed):
         assert b["resumes"] == 1
-        assert {k: v for k, v in a.items() if k not in ("wall_s", "loop_s", "check_s", "provenance", "resumes")} \
-            == {k: v for k, v in b.items() if k not in ("wall_s", "loop_s", "check_s", "provenance", "resumes")}
+        assert {k: v for k, v in a.items() if k not in (*TIMES, "resumes")} \
+            == {k: v for k, v in b.items() if k not in (*TIMES, "resumes")}
+        # each member's record names its two segments, the second from the checkpoint at the check before the crash
+        assert [s["steps"] for s in b["provenance"]["segments"]] == [[0, 50], [50, b["steps"]]]
+        assert sum(s["cpu_s"] for s in b["provenance"]["segments"]) == pytest.approx(b["cpu_s"])
     # a member's checkpoint is a single run's: it continues alone too
     train_killed_at(runs[0], data, tmp_path / "alone.pt", step=60)
     assert train(runs[0], data=data, checkpoint=tmp_path / "alone.pt")["resumes"] == 1
@@ -159,7 +162,7 @@ def test_runs_resumed_at_different_steps_each_continue_where_they_stopped(data, 
     resumed = train_pack(runs, data=data, checkpoints=paths)
     assert [r["run_id"] for r in resumed] == [r.run_id for r in runs]
     assert [r["pack_size"] for r in resumed] == [2, 1, 2]
-    ignore = ("wall_s", "loop_s", "check_s", "provenance", "resumes", "pack_size")
+    ignore = (*TIMES, "resumes", "pack_size")
     alone = [train(run, data=data) for run in runs]
     assert all(r["resumes"] == 1 for r in resumed)
     # the run at step 60 continued alone: its record is the uninterrupted one

@@ -7,11 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import EQ1, synthetic_data
+from conftest import EQ1, TIMES, synthetic_data
 from nerepro import RunConfig, train
 from nerepro.schedule import Action, dataset_loss, full_check_due, next_action
 
-VOLATILE = ("wall_s", "loop_s", "check_s", "provenance")
+VOLATILE = TIMES
 
 
 def cfg(**kw):
