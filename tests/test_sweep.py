@@ -450,3 +450,42 @@ def test_sweep_time_limit_exits_cleanly_and_a_rerun_continues(tmp_path, fake_fmn
                 assert strip(records[cfg.run_id]) == strip(train(cfg.replace(device="cpu"), data=data))
     finally:
         torch.set_num_threads(previous)
+
+
+def test_replay_says_whether_this_machine_computes_what_a_record_did(tmp_path, fake_fmnist_root, capsys):
+    """scripts/replay.py trains a recorded run's first steps again and compares them with the record: every step's
+    L_B against a traced run's trace, the mean L_B at each check otherwise; a value changed in the last bits parts
+    them at its step."""
+    import importlib.util
+
+    from nerepro.trace import read_trace, trace_path, write_trace
+
+    spec = importlib.util.spec_from_file_location("replay", REPO / "scripts" / "replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    store = ResultsDir(tmp_path / "r")
+    base = RunConfig(network="F1", alpha=1.5, batch_size=20, max_steps=40, check_every=10, check_chunk=100,
+                     device="cpu", stop_loss="full", sampling="independent")
+    traced, plain = base.replace(trace=True), base.replace(seed=1)
+    threads = torch.get_num_threads()
+    paths = {cfg.seed: store.write(train(cfg, data_dir=str(fake_fmnist_root))) for cfg in (traced, plain)}
+    args = [str(store.root), traced.run_id, plain.run_id, "--steps", "25", "--data-dir", str(fake_fmnist_root)]
+    assert replay.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("25 steps, 25 values of L_B at every step: identical")
+    assert out[1].endswith("25 steps, 2 values of mean L_B at each check: identical")  # checks at 10 and 20
+    assert torch.get_num_threads() == threads  # the replay trains at the record's threads, then gives them back
+
+    trace = read_trace(trace_path(paths[0]))  # step 7's L_B one part in 10^7 off: they part there
+    loss_b = trace["loss_b"].tolist()
+    loss_b[6] *= 1 + 1e-7
+    write_trace(trace_path(paths[0]), {"loss_b": loss_b, "objective": trace["objective"].tolist()})
+    record = json.loads(paths[1].read_text())  # the check at step 20's mean L_B off
+    record["curve"]["minibatch_loss"][1] *= 1 + 1e-7
+    paths[1].write_text(json.dumps(record))
+    assert replay.main(args) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "24 identical, first differing at step 7" in out[0] and "1 identical, first differing at step 20" in out[1]
+
+    assert replay.main([str(store.root), "F1-a1.5-b20", "--data-dir", str(fake_fmnist_root)]) == 2  # two records
+    assert "names 2 records" in capsys.readouterr().err
