@@ -352,7 +352,8 @@ def test_a_resumed_runs_record_names_the_code_and_machine_of_each_segment(tmp_pa
     data = synthetic_data(noise=1.0)
     cfg = RunConfig(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=90,
                     device="cpu")
-    assert "segments" not in train(cfg, data=data)["provenance"]  # a run in one go: its provenance as before
+    whole = train(cfg, data=data)
+    assert "segments" not in whole["provenance"]  # a run in one go: its provenance as before
     # a process that has half a core: its CPU time runs at half the wall clock's rate
     monkeypatch.setattr(training.time, "process_time", lambda: time.perf_counter() / 2)
 
@@ -370,7 +371,7 @@ def test_a_resumed_runs_record_names_the_code_and_machine_of_each_segment(tmp_pa
                                                (None, False, None)):
         record = paused_then_finished(tmp_path / f"run-{first_dirty}-{last_dirty}.pt", first_dirty, last_dirty)
         first, last = record["provenance"]["segments"]
-        assert [first["steps"], last["steps"]] == [[0, 37], [37, 90]] and record["steps"] == 90
+        assert [first["steps"], last["steps"]] == [[0, 37], [37, whole["steps"]]] and record["steps"] == whole["steps"]
         assert (first["git_commit"], first["git_dirty"]) == ("a" * 40, first_dirty)
         assert (last["git_commit"], last["git_dirty"]) == ("b" * 40, last_dirty)
         assert record["provenance"]["git_commit"] == "b" * 40  # the last segment's, as a run in one go
@@ -397,8 +398,8 @@ def test_a_resumed_runs_record_names_the_code_and_machine_of_each_segment(tmp_pa
     assert {"cpu_before", "segments"} <= set(saved) and not {"cpu_before", "segments"} & set(saved["state"])
     torch.save({k: v for k, v in saved.items() if k not in ("cpu_before", "segments")}, ckpt)
     record = train(cfg, data=data, checkpoint=ckpt)
-    assert record["resumes"] == 1 and record["steps"] == 90 and record["cpu_s"] is None
-    assert [s["steps"] for s in record["provenance"]["segments"]] == [[37, 90]]
+    assert record["resumes"] == 1 and record["steps"] == whole["steps"] and record["cpu_s"] is None
+    assert [s["steps"] for s in record["provenance"]["segments"]] == [[37, whole["steps"]]]
 
 
 LONG_GRID = """seeds = 2
