@@ -196,6 +196,13 @@ class RunConfig:
         """Every field as run: defaults resolved (L*, L**, lr) and the readings as they take effect."""
         return {**self.to_dict(), **self.effective_readings(), **self.result_fields()}
 
+    @classmethod
+    def from_record(cls, record: dict) -> "RunConfig":
+        """The settings a record ran (its `config`, record_config's); a record older than a field ran its legacy
+        value (LATER_FIELDS); fields this version does not know are left out."""
+        config = {**LATER_FIELDS, **record["config"]}
+        return cls(**{k: v for k, v in config.items() if k in cls.__dataclass_fields__ and v is not None})
+
 
 def with_protocol(name: str | None, settings: dict) -> dict:
     """`settings` with a named protocol's readings filled in where `settings` does not set them."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import LATER_FIELDS, RunConfig
+from .config import RunConfig
 from .paper import table_2
 
 TRAIN_SIZE = {"F1": 60_000, "C1": 50_000, "C2": 50_000}  # training samples of each network's dataset
@@ -207,8 +207,7 @@ def observed_steps(records: list[dict]) -> dict:
         if record.get("status") not in ("converged", "not_converged") or not record.get("config"):
             continue
         try:
-            config = {**LATER_FIELDS, **record["config"]}  # a record older than a field ran its legacy value
-            cfg = RunConfig(**{k: v for k, v in config.items() if k in RunConfig.__dataclass_fields__ and v is not None})
+            cfg = RunConfig.from_record(record)
         except Exception:  # noqa: BLE001 - a record of an older layout: its steps are not used
             continue
         found[row_key(cfg)].append(record["steps"])

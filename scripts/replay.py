@@ -5,10 +5,10 @@ compares them with the records, step by step where a run was traced.
 
 RUN is a run id or its start (F1-a1-b900-s4). Each run is trained again on the CPU, at the threads its record
 names, from its record's settings for its first N steps (default 300; fewer where the run took fewer), with its
-trace, and compared with the record: every
-step's L_B and NE loss against its trace (`*.trace.csv.gz` beside it), else the mean L_B at each of the record's
-checks. One line a run says whether all agree to the last bit, or the first step where they part and by how
-much, beside the CPU kernels and id of both machines where the record names them. Exit status 1 where any run
+trace, and compared with the record: every step's L_B against its trace (`*.trace.csv.gz` beside it), else the
+mean L_B at each of the record's checks. One line a run says whether all agree to the last bit, or the first
+step where they part with both values, beside the CPU kernels and id of both machines where the record names
+them. Exit status 1 where any run
 parts. Runs of one seed on two machines whose arithmetic agrees follow one trajectory; where it differs they
 part within a few hundred steps and then scatter as two seeds do (a run is chaotic in its last bits).
 """
@@ -24,16 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerepro import RunConfig, train  # noqa: E402
-from nerepro.config import LATER_FIELDS  # noqa: E402
 from nerepro.errors import ResultsError  # noqa: E402
 from nerepro.record import cpu_id, read_record  # noqa: E402
 from nerepro.trace import read_trace, trace_path  # noqa: E402
-
-
-def config_of(record: dict) -> RunConfig:
-    """The run's settings as its record gives them (a record older than a field ran its legacy value)."""
-    config = {**LATER_FIELDS, **record["config"]}
-    return RunConfig(**{k: v for k, v in config.items() if k in RunConfig.__dataclass_fields__ and v is not None})
 
 
 def recorded_losses(record: dict, path: Path, steps: int) -> tuple[str, list[tuple[int, float]]]:
@@ -50,7 +43,7 @@ def recorded_losses(record: dict, path: Path, steps: int) -> tuple[str, list[tup
 def replayed_losses(record: dict, kind: str, steps: int, data_dir: str | None) -> dict[int, float]:
     """step -> the same quantity, trained here for `steps` steps on the CPU at the record's threads (a sum over
     more threads adds in another order)."""
-    cfg = config_of(record).replace(max_steps=steps, device="cpu", trace=True)
+    cfg = RunConfig.from_record(record).replace(max_steps=steps, device="cpu", trace=True)
     previous = torch.get_num_threads()
     torch.set_num_threads((record.get("provenance") or {}).get("threads") or 1)
     try:
