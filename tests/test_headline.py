@@ -1,14 +1,18 @@
-"""F1's headline rows and the NE claim (headline.py): statistics against scipy and a coverage check."""
+"""F1's headline rows and the NE claim (headline.py): statistics against scipy, exact enumeration and a
+coverage check."""
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
 
-from nerepro.headline import (difference_interval, headline, mean_interval, ratio_interval, readme_block,
-                              write_headline)
+from nerepro.headline import (difference_interval, headline, mean_interval, rank_test, ratio_interval,
+                              readme_block, write_headline)
 from nerepro.report import Results
 
 
@@ -44,6 +48,31 @@ def test_the_ratio_interval_covers_the_true_ratio_about_95_percent_of_the_time()
     assert 0.93 <= hits / 2000 <= 0.97
 
 
+def u_statistic(x, y) -> float:
+    return sum((a > b) + 0.5 * (a == b) for a in x for b in y)
+
+
+def test_the_rank_test_against_exact_enumeration_and_the_tie_corrected_normal_approximation():
+    x, y = np.array([8400.0, 8850, 9500]), np.array([7900.0, 8150, 8250, 8600])  # no ties: exact
+    pooled, observed = np.concatenate([x, y]), u_statistic(x, y)
+    centre = len(x) * len(y) / 2
+    splits = [u_statistic(pooled[list(i)], np.delete(pooled, list(i))) for i in itertools.combinations(range(7), 3)]
+    exact = np.mean([abs(u - centre) >= abs(observed - centre) for u in splits])
+    assert rank_test(x, y) == pytest.approx(exact)  # 4/35: U = 11 of 12
+    x, y = np.array([9650.0, 9950, 20800, 8400, 9650, 10700, 9500, 9550, 8850]), \
+        np.array([8150.0, 8150, 8600, 8600, 9650, 7900, 9400, 12050, 9850, 8250])  # ties: normal approximation
+    n, pooled = len(x) + len(y), np.concatenate([x, y])
+    ties = np.unique(pooled, return_counts=True)[1]
+    sigma = math.sqrt(len(x) * len(y) / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1))))
+    z = (abs(u_statistic(x, y) - len(x) * len(y) / 2) - 0.5) / sigma
+    assert rank_test(x, y) == pytest.approx(math.erfc(z / math.sqrt(2)))
+    slower = x.copy()
+    slower[x.argmax()] = 60000  # one slower seed: Welch's p moves, the ranks' does not
+    assert rank_test(slower, y) == rank_test(x, y)
+    assert st.ttest_ind(slower, y, equal_var=False).pvalue != pytest.approx(st.ttest_ind(x, y, equal_var=False).pvalue)
+    assert math.isnan(rank_test(x[:1], y)) and math.isnan(rank_test(np.array([9915.0, 9915]), np.array([9915.0] * 3)))
+
+
 def test_headline_rows_and_claim(tmp_path):
     frame = runs([10251, 10988], [9915], [90.33, 90.2], [90.34])
     rows, claim = headline(Results(frame))
@@ -72,10 +101,12 @@ def test_the_readme_claim_line_gives_the_ratio_welch_p_and_the_accuracy_differen
     acc = st.ttest_ind(acc_ne, acc_plain, equal_var=False).confidence_interval(0.95)
     assert f"{ne.mean() / plain.mean():.2f} (95% CI " in line and f"Welch p = {welch.pvalue:.2g})" in line
     assert "at n = 4 vs 5" in line
+    ranks = st.mannwhitneyu(ne, plain, alternative="two-sided").pvalue
+    assert f"; medians {np.median(ne) / np.median(plain):.2f} (Mann-Whitney p = {ranks:.2g}); the paper: 0.72" in line
     signed = lambda v: f"{v:+.2f}".replace("-", "−")  # noqa: E731
     assert (f"NE − plain: {signed(acc_ne.mean() - acc_plain.mean())} pp (95% CI {signed(acc.low)} to "
             f"{signed(acc.high)}); the paper: +0.22." in line)
     eq1 = readme_block(Results(runs(plain, ne, acc_plain, acc_ne, variant="protocol=eq1")))
     assert "- NE/plain convergence steps, Eq. (1) reading: " in eq1  # the reading's name whole
     one = readme_block(Results(runs(plain, ne[:1], acc_plain, acc_ne[:1])))  # n = 1: no interval, no p, no Δacc
-    assert "Welch" not in one and "NE − plain" not in one and "a hint only" in one
+    assert "Welch" not in one and "Mann-Whitney" not in one and "NE − plain" not in one and "a hint only" in one
