@@ -1,8 +1,8 @@
 """The dry run's plan: what a sweep has left to do and what it will cost, per network and priority.
 
 `nerepro sweep CONFIGS --results R --dry-run` prints it (README, 'Sweeps'): runs to do and already recorded,
-the packs the sweep would form, the estimated steps, samples and training FLOP of the runs to do (cost.py),
-and their time on one device at the --tflops or the measured throughput; then the total, and the wall time
+the packs the sweep would form, the expected steps, samples and training FLOP of the runs to do (cost.py: the
+steps the time is for), and their time on one device at the --tflops or the measured throughput; then the total, and the wall time
 on this machine's devices. `plan_rows` is the table as data, `render_table` the aligned text.
 """
 
@@ -13,7 +13,7 @@ import os
 
 from .config import DEFAULT_PROTOCOL, NETWORKS, RunConfig
 from .cost import (Throughput, _reference_steps, estimated_flop, estimated_samples, estimated_seconds,
-                   estimated_steps)
+                   estimated_steps, row_key)
 
 MEASURED = "measured"  # the source of a time taken from finished records (else a --tflops name=rate)
 
@@ -31,6 +31,7 @@ class PlanRow:
     flop: float = 0.0
     seconds: dict = dataclasses.field(default_factory=dict)  # source -> seconds on one device, summed
     unknown: int = 0  # runs to do without a time estimate
+    observed: int = 0  # runs to do whose steps are their row's finished runs' mean (else the cost model's guess)
     readings: dict = dataclasses.field(default_factory=dict)  # reading (a protocol's name, or "other") -> runs
 
     @property
@@ -39,7 +40,7 @@ class PlanRow:
         return sum(self.seconds.values())
 
     def add(self, other: "PlanRow") -> None:
-        for name in ("todo", "recorded", "packs", "steps", "samples", "flop", "unknown"):
+        for name in ("todo", "recorded", "packs", "steps", "samples", "flop", "unknown", "observed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for reading, count in other.readings.items():
             self.readings[reading] = self.readings.get(reading, 0) + count
@@ -67,14 +68,19 @@ def plan_rows(runs: list[RunConfig], done: set[str], priority: dict, max_pack: i
             reading = reading_name(cfg)
             row.readings[reading] = row.readings.get(reading, 0) + 1
         for cfg in todo:
-            row.steps += estimated_steps(cfg, reference)
-            row.samples += estimated_samples(cfg, reference)
-            row.flop += estimated_flop(cfg, reference)
             seconds, source = estimated_seconds(cfg, throughput, rates)
             if seconds is None:
                 row.unknown += 1
             else:
                 row.seconds[source] = row.seconds.get(source, 0.0) + seconds
+            # the steps the time is for: a measured time's (its row's finished runs where the throughput keeps
+            # them, a CPU plan's), else the cost model's guess, which a --tflops time is for
+            guess, observed = estimated_steps(cfg, reference), source == MEASURED and row_key(cfg) in throughput.observed
+            steps = throughput.run_steps(cfg) if observed else guess
+            row.observed += observed
+            row.steps += round(steps)
+            row.samples += round(steps * estimated_samples(cfg, reference) / guess)
+            row.flop += estimated_flop(cfg, reference) * steps / guess
         rows.append(row)
         total.add(row)
     return rows + [total]
@@ -136,8 +142,10 @@ def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records
             " (--pack auto on a CPU; add --pack on to plan a GPU sweep's packs)"
     lines = [f"{total.todo:,} runs to do, {total.recorded:,} of {total.todo + total.recorded:,} already recorded in "
              f"{results}", f"packs: {packs}", *render_table(rows),
-             "estimates: steps to L** = Table 2's alpha = 1 time x sqrt(B_opt/B) (rough: about 25%); samples =",
-             "  steps x B (2B with NE); FLOP of the conv and linear layers (loss checks not counted)"]
+             "estimates: steps to L** = Table 2's alpha = 1 time x sqrt(B_opt/B) (rough: about 25%)" + (
+                 f"; for {total.observed:,} of the runs to do the mean of their row's finished runs under their "
+                 "reading, as their time is for" if total.observed else ""),
+             "  samples = steps x B (2B with NE); FLOP of the conv and linear layers (loss checks not counted)"]
     for source in sorted(total.seconds):
         if source == MEASURED:
             on = ", ".join(sorted({(r.get("provenance") or {}).get("device") or "?" for r in timed}))

@@ -223,6 +223,11 @@ def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_ob
     assert throughput.seconds(cfg) == pytest.approx((9000 + 11000 + 7000) / 3 / fastest)  # every record's steps
     other = RunConfig("F1", 1.5, 2000, seed=5, stop_loss="step", check_every=1)  # another reading: the estimate
     assert throughput.seconds(other) == pytest.approx(estimated_steps(other) / fastest)
+    total = plan_rows([cfg, other], set(), {}, throughput=throughput)[-1]  # its columns: the steps the time is for
+    assert (total.steps, total.observed) == (9000 + estimated_steps(other), 1)
+    assert total.samples == 9000 * 4000 + estimated_samples(other)
+    assert total.flop == pytest.approx(estimated_flop(cfg) * 9000 / estimated_steps(cfg) + estimated_flop(other))
+    assert plan_rows([cfg], set(), {}, rates={"fp32": 10.0})[-1].steps == estimated_steps(cfg)  # --tflops: the guess
     gpu, timed = planning_throughput(records, ["cuda:0"])  # a GPU plan is not timed by CPU records
     assert timed == [] and gpu.seconds(cfg) is None
     for r in records:
