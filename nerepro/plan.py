@@ -1,9 +1,9 @@
 """The dry run's plan: what a sweep has left to do and what it will cost, per network and priority.
 
 `nerepro sweep CONFIGS --results R --dry-run` prints it (README, 'Sweeps'): runs to do and already recorded,
-the packs the sweep would form, the expected steps, samples and training FLOP of the runs to do (cost.py: the
-steps the time is for), and their time on one device at the --tflops or the measured throughput; then the total, and the wall time
-on this machine's devices. `plan_rows` is the table as data, `render_table` the aligned text.
+the packs the sweep would form, the expected steps, samples and training FLOP of the runs to do (cost.py:
+the steps the time is for), and their time on one device at the --tflops or the measured throughput; then
+the total, and the wall time on this machine's devices. `plan_rows` is the table as data, `render_table` the aligned text.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import dataclasses
 import os
 
 from .config import DEFAULT_PROTOCOL, NETWORKS, RunConfig
-from .cost import (Throughput, _reference_steps, estimated_flop, estimated_samples, estimated_seconds,
-                   estimated_steps, row_key)
+from .cost import (Throughput, _reference_steps, estimated_seconds, estimated_steps, flop_per_sample, n_train,
+                   row_key)
 
 MEASURED = "measured"  # the source of a time taken from finished records (else a --tflops name=rate)
 
@@ -75,12 +75,12 @@ def plan_rows(runs: list[RunConfig], done: set[str], priority: dict, max_pack: i
                 row.seconds[source] = row.seconds.get(source, 0.0) + seconds
             # the steps the time is for: a measured time's (its row's finished runs where the throughput keeps
             # them, a CPU plan's), else the cost model's guess, which a --tflops time is for
-            guess, observed = estimated_steps(cfg, reference), source == MEASURED and row_key(cfg) in throughput.observed
-            steps = throughput.run_steps(cfg) if observed else guess
+            observed = source == MEASURED and row_key(cfg) in throughput.observed
+            steps = round(throughput.run_steps(cfg)) if observed else estimated_steps(cfg, reference)
             row.observed += observed
-            row.steps += round(steps)
-            row.samples += round(steps * estimated_samples(cfg, reference) / guess)
-            row.flop += estimated_flop(cfg, reference) * steps / guess
+            row.steps += steps
+            row.samples += steps * cfg.samples_per_step(n_train(cfg))
+            row.flop += steps * cfg.samples_per_step(n_train(cfg)) * flop_per_sample(cfg.network)
         rows.append(row)
         total.add(row)
     return rows + [total]

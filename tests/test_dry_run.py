@@ -206,6 +206,7 @@ def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_ob
     beside other work are slower), and the steps the row's finished runs took (at any thread count) in place of
     the rough estimate."""
     from nerepro import RunConfig
+    from nerepro.cost import measured_throughput
     from nerepro.plan import planning_throughput
 
     def record(seed, wall_s, threads, steps=1000):
@@ -228,6 +229,9 @@ def test_a_cpu_plan_takes_each_rows_fastest_run_at_the_sweeps_threads_and_its_ob
     assert total.samples == 9000 * 4000 + estimated_samples(other)
     assert total.flop == pytest.approx(estimated_flop(cfg) * 9000 / estimated_steps(cfg) + estimated_flop(other))
     assert plan_rows([cfg], set(), {}, rates={"fp32": 10.0})[-1].steps == estimated_steps(cfg)  # --tflops: the guess
+    gpu = measured_throughput(records)  # a GPU plan's measured time is for the guess, and so are its columns
+    assert (plan_rows([cfg], set(), {}, throughput=gpu)[-1].steps, gpu.seconds(cfg)) == \
+        (estimated_steps(cfg), pytest.approx(estimated_steps(cfg) * (3000 + 2000 + 500) / 27000))
     gpu, timed = planning_throughput(records, ["cuda:0"])  # a GPU plan is not timed by CPU records
     assert timed == [] and gpu.seconds(cfg) is None
     for r in records:

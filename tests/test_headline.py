@@ -52,24 +52,35 @@ def u_statistic(x, y) -> float:
     return sum((a > b) + 0.5 * (a == b) for a in x for b in y)
 
 
-def test_the_rank_test_against_exact_enumeration_and_the_tie_corrected_normal_approximation():
-    x, y = np.array([8400.0, 8850, 9500]), np.array([7900.0, 8150, 8250, 8600])  # no ties: exact
-    pooled, observed = np.concatenate([x, y]), u_statistic(x, y)
-    centre = len(x) * len(y) / 2
-    splits = [u_statistic(pooled[list(i)], np.delete(pooled, list(i))) for i in itertools.combinations(range(7), 3)]
-    exact = np.mean([abs(u - centre) >= abs(observed - centre) for u in splits])
-    assert rank_test(x, y) == pytest.approx(exact)  # 4/35: U = 11 of 12
-    x, y = np.array([9650.0, 9950, 20800, 8400, 9650, 10700, 9500, 9550, 8850]), \
-        np.array([8150.0, 8150, 8600, 8600, 9650, 7900, 9400, 12050, 9850, 8250])  # ties: normal approximation
+def exact_rank_p(x, y) -> float:
+    """Two-sided Mann-Whitney p by listing every split of the pooled runs into groups of len(x) and len(y)."""
+    pooled, centre = np.concatenate([x, y]), len(x) * len(y) / 2
+    splits = [u_statistic(pooled[list(i)], np.delete(pooled, list(i)))
+              for i in itertools.combinations(range(len(pooled)), len(x))]
+    return float(np.mean([abs(u - centre) >= abs(u_statistic(x, y) - centre) - 1e-9 for u in splits]))
+
+
+def test_the_rank_test_is_exact_with_ties_and_approximate_past_a_million_splits():
+    x, y = np.array([8400.0, 8850, 9500]), np.array([7900.0, 8150, 8250, 8600])
+    assert rank_test(x, y) == pytest.approx(exact_rank_p(x, y)) == pytest.approx(4 / 35)  # U = 11 of 12
+    x, y = np.array([9650.0, 9950, 8400, 9650, 10700, 9500]), np.array([8150.0, 8150, 8600, 8600, 9650, 7900, 9400])
+    assert rank_test(x, y) == pytest.approx(exact_rank_p(x, y))  # ties (steps at the same check): still exact
+    permutations = st.mannwhitneyu(x, y, method=st.PermutationMethod(n_resamples=np.inf))  # scipy's exact with ties
+    assert rank_test(x, y) == pytest.approx(permutations.pvalue)
+    x, y = np.array([9650.0, 9950, 20800, 8400, 9650, 10700, 9500, 9550, 8850, 9100, 9900, 10050, 9650]), \
+        np.array([8150.0, 8150, 8600, 8600, 9650, 7900, 9400, 12050, 9850, 8250, 8600, 9100])  # C(25, 13) splits
     n, pooled = len(x) + len(y), np.concatenate([x, y])
     ties = np.unique(pooled, return_counts=True)[1]
     sigma = math.sqrt(len(x) * len(y) / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1))))
     z = (abs(u_statistic(x, y) - len(x) * len(y) / 2) - 0.5) / sigma
-    assert rank_test(x, y) == pytest.approx(math.erfc(z / math.sqrt(2)))
-    slower = x.copy()
-    slower[x.argmax()] = 60000  # one slower seed: Welch's p moves, the ranks' does not
-    assert rank_test(slower, y) == rank_test(x, y)
-    assert st.ttest_ind(slower, y, equal_var=False).pvalue != pytest.approx(st.ttest_ind(x, y, equal_var=False).pvalue)
+    assert rank_test(x, y) == pytest.approx(math.erfc(z / math.sqrt(2)))  # tie-corrected normal approximation
+    for small in (False, True):  # one slower seed: Welch's p moves, the ranks' does not
+        a, b = (x[:6], y[:7]) if small else (x, y)
+        slower = a.copy()
+        slower[a.argmax()] = 60000
+        assert rank_test(slower, b) == rank_test(a, b)
+        welch = st.ttest_ind(a, b, equal_var=False).pvalue
+        assert st.ttest_ind(slower, b, equal_var=False).pvalue != pytest.approx(welch)
     assert math.isnan(rank_test(x[:1], y)) and math.isnan(rank_test(np.array([9915.0, 9915]), np.array([9915.0] * 3)))
 
 
@@ -101,8 +112,9 @@ def test_the_readme_claim_line_gives_the_ratio_welch_p_and_the_accuracy_differen
     acc = st.ttest_ind(acc_ne, acc_plain, equal_var=False).confidence_interval(0.95)
     assert f"{ne.mean() / plain.mean():.2f} (95% CI " in line and f"Welch p = {welch.pvalue:.2g})" in line
     assert "at n = 4 vs 5" in line
-    ranks = st.mannwhitneyu(ne, plain, alternative="two-sided").pvalue
-    assert f"; medians {np.median(ne) / np.median(plain):.2f} (Mann-Whitney p = {ranks:.2g}); the paper: 0.72" in line
+    ranks = exact_rank_p(ne, plain)
+    assert f"; medians {np.median(ne) / np.median(plain):.2f}, Mann-Whitney (ranks) p = {ranks:.2g}; the paper: 0.72" \
+        in line
     signed = lambda v: f"{v:+.2f}".replace("-", "−")  # noqa: E731
     assert (f"NE − plain: {signed(acc_ne.mean() - acc_plain.mean())} pp (95% CI {signed(acc.low)} to "
             f"{signed(acc.high)}); the paper: +0.22." in line)
