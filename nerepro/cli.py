@@ -195,6 +195,11 @@ def sweep(
         help="Wall time this sweep may take (seconds, or 90s, 10m, 2h): runs that cannot finish in the time "
              "left are not started, running ones pause in their checkpoints, and it exits 0; rerun to "
              "continue.")] = None,
+    fill: Annotated[bool, typer.Option(
+        help="With --time-limit: start every run while a quarter of the time (at most 10 min) is left, whether it "
+             "can finish or not; the limit pauses it in its checkpoint and the next call continues it (a machine "
+             "whose results directory stays, worked in stretches; not a lease whose checkpoints may not come "
+             "back).")] = False,
     calibrate: Annotated[Optional[float], typer.Option(
         help="On the CPU: first train each kind of run to do (network, B, NE or not) for about this many seconds, "
              "the workers side by side, and plan at the records' speed times this machine's step time over "
@@ -212,7 +217,7 @@ def sweep(
     from .grid import load_plan, parse_shard
     from .grid import shard as take_shard
     from .results import ResultsDir
-    from .sweep import pause_margin, pending_runs, resolve_pack, run_sweep, summarize
+    from .sweep import pause_margin, paused_first, pending_runs, resolve_pack, run_sweep, summarize
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
@@ -224,6 +229,9 @@ def sweep(
         raise ConfigError(f"--calibrate takes seconds, 0 or more (0: plan at the records' speed), got {calibrate:g}")
     if pack not in ("auto", "on", "off") or max_pack < 1:
         raise ConfigError(f"--pack takes auto, on or off and --max-pack a positive number, got {pack!r}, {max_pack}")
+    if fill and time_limit is None:
+        raise ConfigError("--fill goes with --time-limit (it starts runs that the limit pauses): add --time-limit, "
+                          "or drop --fill")
     started = time.time()
     limit = parse_duration(time_limit) if time_limit is not None else None
     plan = load_plan(configs, seeds)
@@ -272,6 +280,8 @@ def sweep(
     for note in store.prepare():
         typer.echo(note, err=True)
     todo = _in_order(pending_runs(runs, store), runs_file, priority)
+    if runs_file is None:  # a --runs file's order stands
+        todo = paused_first(todo, store, priority)
     check_data(todo, data_dir) if executor == "local" else None
     typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}" + (f" within {limit:g} s" if limit else ""))
     if limit and executor == "local":  # the plan of each run, for plan against actual (scripts/plan_vs_actual.py)
@@ -297,7 +307,7 @@ def sweep(
     deadline = started + limit - pause_margin(limit) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
                    on_event=display, deadline=deadline, pack=pack, max_pack=max_pack, priority=priority,
-                   planned=planned)
+                   planned=planned, fill=fill)
     if executor == "ray":
         options.update(address=address, gpus_per_run=gpus_per_run)
     else:
@@ -314,7 +324,10 @@ def sweep(
                f"{len(runs) - len(missing)} of {len(runs)} runs recorded in {store.runs}")
     if limit and missing:
         paused = sum(store.checkpoint_path(r).exists() for r in missing)
-        typer.echo(f"time limit {limit:g} s reached after {time.time() - started:.0f} s: {len(missing)} runs left "
+        elapsed = time.time() - started
+        head = f"time limit {limit:g} s reached after {elapsed:.0f} s" if elapsed >= limit - pause_margin(limit) - 1 \
+            else f"stopped after {elapsed:.0f} s of the {limit:g} s limit, no run left fitting the time left"
+        typer.echo(f"{head}: {len(missing)} runs left "
                    f"({paused} paused in checkpoints, {len(missing) - paused} not started); rerun the same "
                    "command to continue")
     if counts.get("error", 0) or (missing and not limit):
