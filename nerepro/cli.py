@@ -217,7 +217,7 @@ def sweep(
     from .grid import load_plan, parse_shard
     from .grid import shard as take_shard
     from .results import ResultsDir
-    from .sweep import pause_margin, paused_first, pending_runs, resolve_pack, run_sweep, summarize
+    from .sweep import fill_until, pause_margin, pending_runs, resolve_pack, run_sweep, summarize
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
@@ -256,7 +256,7 @@ def sweep(
         rates = parse_rates(tflops)
         done = store.done() if store.runs.is_dir() else set()
         if list_runs:
-            for cfg in _in_order([c for c in runs if c.run_id not in done], runs_file, priority):
+            for cfg in _in_order([c for c in runs if c.run_id not in done], runs_file, priority, store):
                 typer.echo(cfg.run_id)
         where = slots(device, workers_per_device) if executor == "local" else None
         # a Ray cluster is not started for a dry run: auto is shown as packing
@@ -266,7 +266,7 @@ def sweep(
         if calibrate and not rates and where and where[0] == "cpu":
             from .plan import planning_throughput
 
-            todo = _in_order([c for c in runs if c.run_id not in done], runs_file, priority)  # the sweep's
+            todo = _in_order([c for c in runs if c.run_id not in done], runs_file, priority, store)  # the sweep's
             scale = _calibrated(planning_throughput(records, where, threads)[0],
                                 [c for c in todo if c.run_id not in planned], where, threads, calibrate, data_dir,
                                 workers=min(len(where), len(todo)))
@@ -279,9 +279,7 @@ def sweep(
     check_writable(results)
     for note in store.prepare():
         typer.echo(note, err=True)
-    todo = _in_order(pending_runs(runs, store), runs_file, priority)
-    if runs_file is None:  # a --runs file's order stands
-        todo = paused_first(todo, store, priority)
+    todo = _in_order(pending_runs(runs, store), runs_file, priority, store)
     check_data(todo, data_dir) if executor == "local" else None
     typer.echo(f"{_todo_line(todo, runs)} -> {store.runs}" + (f" within {limit:g} s" if limit else ""))
     if limit and executor == "local":  # the plan of each run, for plan against actual (scripts/plan_vs_actual.py)
@@ -307,7 +305,7 @@ def sweep(
     deadline = started + limit - pause_margin(limit) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,
                    on_event=display, deadline=deadline, pack=pack, max_pack=max_pack, priority=priority,
-                   planned=planned, fill=fill)
+                   planned=planned, fill_until=fill_until(deadline, limit) if fill else None)
     if executor == "ray":
         options.update(address=address, gpus_per_run=gpus_per_run)
     else:
@@ -316,6 +314,7 @@ def sweep(
         run_sweep(todo, results, executor, **options)
     finally:
         display.close()
+    ended = time.time()
     done = store.done()
     counts = summarize([r for r in _records(store) if r["run_id"] in {c.run_id for c in runs}])
     missing = [c.run_id for c in runs if c.run_id not in done]
@@ -324,9 +323,8 @@ def sweep(
                f"{len(runs) - len(missing)} of {len(runs)} runs recorded in {store.runs}")
     if limit and missing:
         paused = sum(store.checkpoint_path(r).exists() for r in missing)
-        elapsed = time.time() - started
-        head = f"time limit {limit:g} s reached after {elapsed:.0f} s" if elapsed >= limit - pause_margin(limit) - 1 \
-            else f"stopped after {elapsed:.0f} s of the {limit:g} s limit, no run left fitting the time left"
+        head = f"time limit {limit:g} s reached after {ended - started:.0f} s" if ended >= deadline else \
+            f"sweep ended after {ended - started:.0f} s of its {limit:g} s limit"  # none left fitted (or could start)
         typer.echo(f"{head}: {len(missing)} runs left "
                    f"({paused} paused in checkpoints, {len(missing) - paused} not started); rerun the same "
                    "command to continue")
@@ -334,11 +332,12 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _in_order(pending: list, runs_file: Path | None, priority: int | None) -> list:
-    """The runs to do in the sweep's order: a --runs file's as it lists them, else sweep_order."""
-    from .sweep import sweep_order
+def _in_order(pending: list, runs_file: Path | None, priority: dict, store) -> list:
+    """The runs to do in the sweep's order: a --runs file's as it lists them, else sweep_order with the runs
+    paused in their checkpoints first within each priority (paused_first: finish what was begun)."""
+    from .sweep import paused_first, sweep_order
 
-    return pending if runs_file is not None else sweep_order(pending, priority)
+    return pending if runs_file is not None else paused_first(sweep_order(pending, priority), store, priority)
 
 
 def _calibrated(throughput, todo: list, where: list[str], threads: int | None, seconds: float,

@@ -238,7 +238,13 @@ def paused_first(runs: list[RunConfig], results: ResultsDir, priority: dict) -> 
     return sorted(runs, key=lambda c: (priority.get(c.run_id, 0), not results.checkpoint_path(c.run_id).exists()))
 
 
-FILL_MIN_S, FILL_LEFT = 600.0, 0.25  # --fill starts packs while this much of a sweep's time is left (the less)
+FILL_MIN_S, FILL_LEFT = 600.0, 0.25  # --fill starts packs until this much of a sweep's time is left (the less)
+
+
+def fill_until(deadline: float, limit: float) -> float:
+    """Until when a --fill sweep with this deadline (its --time-limit less the pause margin) starts every pack:
+    while FILL_LEFT of its time limit, at most FILL_MIN_S, is left before the deadline."""
+    return deadline - min(FILL_MIN_S, FILL_LEFT * limit)
 
 
 def pause_margin(limit: float) -> float:
@@ -286,9 +292,9 @@ class Schedule:
     may compile first; at the deadline it pauses in checkpoints), but never once a pack has not fitted: a pack
     that does not fit lets only later packs take its place that fit by their bound, none whose time is unknown
     and so might be paused at the deadline (an F1 checkpoint, 23 MB, may never come back from a lease).
-    With `fill` (a machine whose results directory stays, worked in stretches) every pack is started while
-    FILL_LEFT of the time is left (at most FILL_MIN_S), whether it fits or not: the deadline pauses it in its
-    checkpoints and the next sweep continues it, so the cores do not idle through the end of a stretch.
+    Until `fill_until` (--fill: a machine whose results directory stays, worked in stretches) every pack is
+    started, fitting or not: the deadline pauses it in its checkpoints and the next sweep continues it, so the
+    cores do not idle through the end of a stretch; after it, packs start only where they fit.
     `planned`: run id -> seconds its pack may take, from a plan (`nerepro sweep --runs`), the bound of a run
     until runs of its own kind have been measured in this sweep, times the slowdown the measured kinds showed
     against their plan (a plan's rate is a guess; the first packs tell): the plan is taken to allow its pack the
@@ -296,20 +302,19 @@ class Schedule:
     throughput has them: `cost.allowed_steps`, as the lease plan's and a CPU plan's bounds)."""
 
     def __init__(self, units: list[list[RunConfig]], deadline: float | None, throughput: Throughput,
-                 planned: dict | None = None, fill: bool = False):
+                 planned: dict | None = None, fill_until: float | None = None):
         self.queue, self.deadline, self.throughput = list(units), deadline, throughput
         self.planned = planned or {}
         self.kinds = {Throughput.kind(c): (c, unit) for unit in units for c in unit if c.run_id in self.planned}
-        left = None if deadline is None else max(0.0, deadline - time.time())
-        self.unknown_until = None if deadline is None else deadline - 0.25 * left
-        self.fill_until = deadline - min(FILL_MIN_S, FILL_LEFT * left) if fill and deadline is not None else None
+        self.unknown_until = None if deadline is None else deadline - 0.25 * max(0.0, deadline - time.time())
+        self.fill_until = fill_until if deadline is not None else None
         self.refused = False  # a pack has not fitted: packs of unknown time are not started any more
 
     def fits(self, unit: list[RunConfig]) -> bool:
         if self.deadline is None:
             return True
-        if self.fill_until is not None:
-            return time.time() <= self.fill_until
+        if self.fill_until is not None and time.time() <= self.fill_until:
+            return True
         estimates, now = [self.bound(cfg) for cfg in unit], time.time()
         if any(seconds is None for seconds in estimates):
             return not self.refused and now <= self.unknown_until
@@ -398,15 +403,17 @@ def _worker_run(unit: list[RunConfig], root: str, deadline: float | None) -> lis
 def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per_device: int | None = None,
               data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
               max_restarts: int = 3, deadline: float | None = None, threads: int | None = None,
-              planned: dict | None = None, observed: dict | None = None, fill: bool = False) -> list[dict]:
+              planned: dict | None = None, observed: dict | None = None,
+              fill_until: float | None = None) -> list[dict]:
     """Run `runs` (runs, or packs of runs: `form_packs`; in the order given) in one worker process per slot,
     or in this process if there is one slot; each worker keeps its datasets on its device. A pool whose
     worker died is restarted (at most `max_restarts` times, not counting workers that exit on a CUDA error
     that broke their context: each run causes at most CUDA_RETRIES + 1 of those). With one slot, a CUDA error
     that breaks this process's context hands the runs left to a worker process, one at a time, as with one
     slot of a pool: the failed runs are retried there, and no later run fails for an earlier one's error.
-    With a `deadline`, packs that cannot finish by then are not started (with `fill`: all are, while a
-    little time is left: Schedule) and running ones pause in their checkpoints. `threads`: each worker's threads (default: the cores shared out among the workers)."""
+    With a `deadline`, packs that cannot finish by then are not started (all are until `fill_until`:
+    Schedule) and running ones pause in their checkpoints. `threads`: each worker's threads (default: the
+    cores shared out among the workers)."""
     import multiprocessing as mp
     import queue
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -433,7 +440,7 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
     if len(names) == 1:  # one worker: this process is it, until a CUDA error breaks its context
         cache, previous = DataCache(data_dir), torch.get_num_threads()
         torch.set_num_threads(threads)
-        schedule = Schedule(units, deadline, throughput, planned, fill)
+        schedule = Schedule(units, deadline, throughput, planned, fill_until)
         try:
             while (unit := schedule.next()) is not None:
                 records = claim_and_run([dataclasses.replace(cfg, device=names[0]) for cfg in unit], results, cache,
@@ -459,7 +466,7 @@ def run_local(runs: list, results: ResultsDir, device: str = "auto", workers_per
         failing = cuda_failures(results)
         left = [part for unit in left for part in (
             [[c] for c in unit] if len(unit) > 1 and any(c.run_id in failing for c in unit) else [unit])]
-        schedule = Schedule(left, deadline, throughput, planned, fill)
+        schedule = Schedule(left, deadline, throughput, planned, fill_until)
         if not schedule.queue:
             break
         slot_queue, event_queue = ctx.Queue(), ctx.Queue()
@@ -564,7 +571,7 @@ def ray_gpu_share(unit: list[RunConfig], gpus: float, total: int) -> float:
 def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_per_run: float = 1.0,
             data_dir: str | None = None, checkpoint_every_s: float = 300.0, on_event: Event | None = None,
             max_retries: int = 3, deadline: float | None = None, planned: dict | None = None,
-            observed: dict | None = None, fill: bool = False) -> list[dict]:
+            observed: dict | None = None, fill_until: float | None = None) -> list[dict]:
     """Each pack (a single run: a pack of one) a Ray task, retried when its worker is lost, submitted in order
     as the cluster has room (so a deadline stops submission, as in the local executor). Where the cluster has
     GPUs a task takes `gpus_per_run` of one, or more where its estimated memory needs it (a run that fits no
@@ -587,7 +594,7 @@ def run_ray(runs: list, results: ResultsDir, address: str | None = None, gpus_pe
     task = ray.remote(**ray_remote_options(gpus))(_ray_task)
     total = ray.get(ray.remote(num_gpus=min(gpus, 1), max_calls=1)(_gpu_memory).remote()) if gpus else None
     throughput, finished, refs = Throughput(observed=observed), [], {}
-    schedule = Schedule(as_units(runs), deadline, throughput, planned, fill)
+    schedule = Schedule(as_units(runs), deadline, throughput, planned, fill_until)
 
     def write(cfg: RunConfig, record: dict | None) -> None:
         if record is None:

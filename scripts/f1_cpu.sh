@@ -5,16 +5,17 @@
 #                                        results/f1 for 2 h, then stop; run it again to continue
 #   TIME=5h PRIORITY=2 scripts/f1_cpu.sh the Eq. (1) reading's rows too, for 5 hours
 #   WORKERS=1 scripts/f1_cpu.sh          one single-threaded run at a time (a core left for other work)
-#   FILL=1 TIME=2h scripts/f1_cpu.sh     start runs until 10 minutes before TIME ends (--fill), even those that
-#                                        cannot finish: the limit pauses them, the next call continues them
+#   FILL=1 TIME=2h scripts/f1_cpu.sh     start runs until 10 minutes before the sweep's pause at the end of TIME
+#                                        (--fill), even those that cannot finish: the limit pauses them, the
+#                                        next call continues them; after that only runs that fit start
 #
 # The sweep runs the code of the checkout's HEAD commit from its own worktree (.worktrees/f1-cpu-<commit>),
 # so its records say git_dirty: false and editing the checkout meanwhile changes nothing it runs; records go
 # into the checkout's results directory. Workers are single-threaded, one per core by default (the CPU's
 # best throughput for F1, results/performance.md), niced. A run is started only if its estimated time fits
 # what is left of TIME (the sweep's --time-limit); a run still going at the limit pauses in its checkpoint
-# (results/f1/checkpoints/, not committed) and the next call continues it, paused runs first; with FILL=1 runs
-# are started while 10 minutes (a quarter of a shorter TIME) are left, so the cores work to the end of TIME.
+# (results/f1/checkpoints/, not committed) and the next call continues it, paused runs first; with FILL=1 every
+# run is started until 10 minutes (a quarter of a shorter TIME) before the pause, so the cores work to the end.
 # The plan is printed first: the records' fastest speed scaled to this machine's by CALIBRATE seconds (default
 # 10) of training each kind of run to do here, the workers side by side (`--calibrate`; the sweep times them
 # again before it plans).
@@ -54,7 +55,11 @@ run() {  # nerepro from the worktree, writing into the checkout's results
 }
 echo "f1-cpu: commit ${commit:0:10}, $CONFIG priorities <= $PRIORITY -> $RESULTS, $WORKERS worker(s) x $THREADS thread(s), for $TIME"
 run --dry-run --calibrate "$CALIBRATE"
-fill=(); [ "${FILL:-0}" = 0 ] || fill=(--fill)
-run --time-limit "$TIME" --calibrate "$CALIBRATE" "${fill[@]}"
+case ${FILL:-0} in
+  0) fill= ;;
+  1) fill=--fill ;;
+  *) echo "f1-cpu: FILL takes 0 or 1, got '$FILL'" >&2; exit 2 ;;
+esac
+run --time-limit "$TIME" --calibrate "$CALIBRATE" $fill
 exit
 }

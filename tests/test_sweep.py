@@ -453,55 +453,57 @@ def test_sweep_time_limit_exits_cleanly_and_a_rerun_continues(tmp_path, fake_fmn
         torch.set_num_threads(previous)
 
 
-def test_fill_starts_runs_that_cannot_finish_while_a_little_time_is_left():
-    """--fill: a pack whose bound passes the deadline is started anyway (the deadline pauses it) until a quarter
-    of the sweep's time, at most FILL_MIN_S, is left; without it such a pack waits for a sweep with the time."""
+def test_fill_starts_runs_that_cannot_finish_until_its_window_closes_and_then_those_that_fit():
+    """--fill: a pack whose bound passes the deadline is started anyway (the deadline pauses it) while a quarter
+    of the sweep's time limit, at most FILL_MIN_S, is left; after that, as without it, only packs that fit."""
     from nerepro.cost import Throughput
-    from nerepro.sweep import FILL_MIN_S, Schedule
+    from nerepro.sweep import FILL_MIN_S, Schedule, fill_until
 
-    cfg = RunConfig(network="F1", alpha=1.5, batch_size=20, max_steps=300)
-    for left, fill_from_end in ((3600, FILL_MIN_S), (100, 25)):
-        deadline = time.time() + left
-        assert Schedule([[cfg]], deadline, Throughput(), {cfg.run_id: 1e6}).next() is None  # 1e6 s: it never fits
-        schedule = Schedule([[cfg]], deadline, Throughput(), {cfg.run_id: 1e6}, fill=True)
-        assert schedule.fill_until == pytest.approx(deadline - fill_from_end, abs=1)
-        assert schedule.next() == [cfg]
-        late = Schedule([[cfg]], deadline, Throughput(), {cfg.run_id: 1e6}, fill=True)
-        late.fill_until = time.time() - 1  # as the sweep's clock passes it
-        assert late.next() is None
+    long, short = (RunConfig(network="F1", alpha=1.5, batch_size=20, max_steps=300, seed=s) for s in (0, 1))
+    planned = {long.run_id: 1e6, short.run_id: 1.0}  # seconds: one never fits, the other always
+    for limit, window in ((3600, FILL_MIN_S), (100, 25)):
+        deadline = time.time() + limit
+        assert fill_until(deadline, limit) == pytest.approx(deadline - window)
+        assert Schedule([[long]], deadline, Throughput(), planned).next() is None  # without --fill: never
+        schedule = Schedule([[long], [short]], deadline, Throughput(), planned, fill_until(deadline, limit))
+        assert schedule.next() == [long] and schedule.next() == [short]
+        closed = Schedule([[long], [short]], deadline, Throughput(), planned, time.time() - 1)  # window passed
+        assert closed.next() == [short] and closed.next() is None
 
 
-def test_a_filled_sweep_starts_what_a_plain_one_refuses_and_the_next_call_finishes_paused_runs_first(
+def test_a_filled_sweep_starts_what_a_plain_one_refuses_and_the_next_call_takes_paused_runs_first(
         tmp_path, fake_fmnist_root):
     from nerepro.grid import load_grid
-    from nerepro.sweep import paused_first
+    from nerepro.sweep import paused_first, sweep_order
 
     config = write_config(tmp_path / "grid.toml", LONG_GRID)
     runs = [c for c in load_grid([config]) if c.alpha == 2.0]
-    listed = tmp_path / "runs.txt"
-    listed.write_text("".join(f"{c.run_id} 100000\n" for c in runs))  # a plan far beyond the limit
+    plan = tmp_path / "runs.txt"
+    plan.write_text("".join(f"{c.run_id} 100000\n" for c in runs))  # a plan far beyond the limit
     results = tmp_path / "results"
-    one = ("--runs", str(listed), "--time-limit", "12s", "--workers-per-device", "1", "--pack", "off")
+    one = ("--runs", str(plan), "--time-limit", "12s", "--workers-per-device", "1", "--pack", "off")
     plain = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, *one), capture_output=True, text=True)
     assert plain.returncode == 0, plain.stdout + plain.stderr
     summary = plain.stdout.strip().splitlines()[-1]  # nothing fits: it stops at once and says why
-    assert summary.startswith("stopped after") and "no run left fitting the time left" in summary
+    assert summary.startswith("sweep ended after") and "s of its 12 s limit: " in summary
     assert f"(0 paused in checkpoints, {len(runs)} not started)" in summary and not list(results.glob("runs/*.json"))
     filled = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, *one, "--fill"), capture_output=True,
                             text=True)
     assert filled.returncode == 0, filled.stdout + filled.stderr
     started = {p.stem for p in results.glob("runs/*.json")} | {p.stem for p in results.glob("checkpoints/*.pt")}
     assert runs[0].run_id in started  # the first run of the file: recorded, or paused at the limit
-    store = ResultsDir(results)
-    later = runs[-1]
-    store.checkpoints.mkdir(parents=True, exist_ok=True)
-    for c in runs:
-        store.checkpoint_path(c.run_id).unlink(missing_ok=True)
+    store = ResultsDir(tmp_path / "fresh")  # a results directory where the last run of the order is paused
+    order = sweep_order(load_grid([config]), {})
+    later = order[-1]
+    store.checkpoints.mkdir(parents=True)
     store.checkpoint_path(later.run_id).touch()
-    order = paused_first(runs, store, {c.run_id: 1 for c in runs})
-    assert order[0] == later and order[1:] == runs[:-1]
-    first = RunConfig(network="F1", alpha=1.0, batch_size=10)  # a higher priority still comes first
-    assert paused_first([first, *runs], store, {first.run_id: 0} | {c.run_id: 1 for c in runs})[:2] == [first, later]
+    assert paused_first(order, store, {}) == [later, *order[:-1]]
+    first = order[0]  # a higher priority still comes first
+    assert paused_first(order, store, {first.run_id: 0} | {c.run_id: 1 for c in order[1:]})[:2] == [first, later]
+    listing = subprocess.run(sweep_cmd(config, store.root, fake_fmnist_root, "--dry-run", "--list"),
+                             capture_output=True, text=True)  # the order the next call takes: the paused run first
+    listed = [line for line in listing.stdout.splitlines() if line.startswith("F1-")]
+    assert listed == [c.run_id for c in (later, *order[:-1])], listing.stdout
     bad = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, "--fill"), capture_output=True, text=True)
     assert bad.returncode == 2 and "--fill goes with --time-limit" in bad.stderr
 
