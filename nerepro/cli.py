@@ -217,7 +217,8 @@ def sweep(
     from .grid import load_plan, parse_shard
     from .grid import shard as take_shard
     from .results import ResultsDir
-    from .sweep import fill_until, pause_margin, pending_runs, resolve_pack, run_sweep, summarize
+    from .sweep import (fill_until, pause_margin, paused_steps, pending_runs, resolve_pack, resumed_bound, run_sweep,
+                        summarize)
 
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: use local or ray")
@@ -288,6 +289,7 @@ def sweep(
 
         where = slots(device, workers_per_device)
         throughput, _ = planning_throughput(_records(store), where, threads)
+        paused = paused_steps(store)
         unplanned = [c for c in todo if c.run_id not in planned]  # --runs SECONDS: the file's time stands
         if where[0] == "cpu" and (calibrate is None or calibrate) and unplanned:
             from .calibrate import SECONDS
@@ -299,8 +301,12 @@ def sweep(
                 factor = throughput.factor(cfg)  # the plan's calibration and steps, for plan against actual
                 store.log(f"planned:{seconds:.4g}", cfg.run_id, "factor:" + ("-" if factor is None else f"{factor:.4g}")
                           + f" steps:{throughput.run_steps(cfg):.0f}")
-                if where[0] == "cpu":  # this machine's own speed, until the sweep measures runs of its kind
-                    planned.setdefault(cfg.run_id, throughput.bound(cfg))
+                if where[0] == "cpu":  # this machine's own speed, until the sweep measures runs of its kind;
+                    # a paused run's for the steps it has left
+                    bound = throughput.bound(cfg)
+                    if cfg.run_id in paused:
+                        bound = resumed_bound(bound, throughput.bound_steps(cfg), paused[cfg.run_id])
+                    planned.setdefault(cfg.run_id, bound)
     display = SweepDisplay(len(todo))
     deadline = started + limit - pause_margin(limit) if limit else None
     options = dict(data_dir=str(data_dir) if data_dir else None, checkpoint_every_s=checkpoint_every,

@@ -238,6 +238,25 @@ def paused_first(runs: list[RunConfig], results: ResultsDir, priority: dict) -> 
     return sorted(runs, key=lambda c: (priority.get(c.run_id, 0), not results.checkpoint_path(c.run_id).exists()))
 
 
+PAUSED_LEFT_MIN = 0.25  # the least of its bound a paused run is given: it may be past its row's steps already
+
+
+def paused_steps(results: ResultsDir) -> dict[str, int]:
+    """run id -> the step its last pause at a time limit logged, for runs whose checkpoint is still there (a run
+    killed without a pause, or resumed and killed since, may be further along: its checkpoint knows)."""
+    steps = {}
+    for event, run_id in log_events(results):
+        if event.startswith("paused:") and event[7:].isdigit():
+            steps[run_id] = int(event[7:])
+    return {r: k for r, k in steps.items() if results.checkpoint_path(r).exists()}
+
+
+def resumed_bound(bound: float, allowed_steps: int, done: int) -> float:
+    """A paused run's bound for what it has left: its bound (for `allowed_steps`) less the `done` steps' share,
+    at least PAUSED_LEFT_MIN of it, so that a run paused near its end is continued under a short limit."""
+    return bound * max(PAUSED_LEFT_MIN, 1 - done / allowed_steps)
+
+
 FILL_MIN_S, FILL_LEFT = 600.0, 0.25  # --fill starts packs until this much of a sweep's time is left (the less)
 
 

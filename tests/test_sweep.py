@@ -508,6 +508,25 @@ def test_a_filled_sweep_starts_what_a_plain_one_refuses_and_the_next_call_takes_
     assert bad.returncode == 2 and "--fill goes with --time-limit" in bad.stderr
 
 
+def test_a_paused_runs_bound_counts_the_steps_it_has_left(tmp_path):
+    """A CPU sweep under --time-limit plans a paused run for what it has left (its pause's logged step), so that a
+    run paused near its end is continued under a limit its whole bound would not fit."""
+    from nerepro.sweep import PAUSED_LEFT_MIN, paused_steps, resumed_bound
+
+    store = ResultsDir(tmp_path)
+    store.checkpoints.mkdir(parents=True)
+    store.log("paused:4000", "a")
+    store.log("paused:9000", "a")  # paused again, further on: the last counts
+    store.log("paused:5000", "b")  # its checkpoint is gone (recorded since): no longer paused
+    store.log("recorded:converged", "c")
+    store.checkpoint_path("a").touch()
+    store.checkpoint_path("c").touch()  # a checkpoint without a pause (a killed run): its progress is unknown
+    assert paused_steps(store) == {"a": 9000}
+    assert resumed_bound(1200.0, 12000, 3000) == pytest.approx(900.0)  # three quarters of its steps left
+    assert resumed_bound(1200.0, 12000, 11000) == resumed_bound(1200.0, 12000, 20000) == \
+        pytest.approx(1200.0 * PAUSED_LEFT_MIN)  # near or past its allowed steps: never less than this
+
+
 def test_replay_says_whether_this_machine_computes_what_a_record_did(tmp_path, fake_fmnist_root, capsys):
     """scripts/replay.py trains a recorded run's first steps again and compares them with the record: every step's
     L_B against a traced run's trace, the mean L_B at each check otherwise; a value changed in the last bits parts
