@@ -31,6 +31,11 @@ CALIBRATE=${CALIBRATE:-10}
 CORES=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')
 WORKERS=${WORKERS:-$CORES}
 THREADS=${THREADS:-1}
+case ${FILL:-0} in
+  0) fill= ;;
+  1) fill=--fill ;;
+  *) echo "f1-cpu: FILL takes 0 or 1, got '$FILL'" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 if [ -z "${NEREPRO_DATA:-}" ] && [ -d "$ROOT/.data/FashionMNIST" ]; then
@@ -55,11 +60,6 @@ run() {  # nerepro from the worktree, writing into the checkout's results
 }
 echo "f1-cpu: commit ${commit:0:10}, $CONFIG priorities <= $PRIORITY -> $RESULTS, $WORKERS worker(s) x $THREADS thread(s), for $TIME"
 run --dry-run --calibrate "$CALIBRATE"
-case ${FILL:-0} in
-  0) fill= ;;
-  1) fill=--fill ;;
-  *) echo "f1-cpu: FILL takes 0 or 1, got '$FILL'" >&2; exit 2 ;;
-esac
 run --time-limit "$TIME" --calibrate "$CALIBRATE" $fill
 exit
 }

@@ -53,3 +53,10 @@ def test_f1_cpu_runs_the_head_commit_into_the_checkouts_results(tmp_path, fake_f
     tree = tmp_path / "trees" / f"f1-cpu-{head[:10]}"
     assert tree.is_dir()  # the commit's own worktree, where TREES says
     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+
+
+def test_f1_cpu_refuses_a_fill_it_does_not_know_before_it_does_anything(tmp_path):
+    env = {**os.environ, "FILL": "yes", "RESULTS": str(tmp_path / "results"), "TREES": str(tmp_path / "trees")}
+    out = subprocess.run([str(REPO / "scripts" / "f1_cpu.sh")], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "FILL takes 0 or 1, got 'yes'" in out.stderr
+    assert not (tmp_path / "trees").exists() and not (tmp_path / "results").exists()
