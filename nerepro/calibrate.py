@@ -39,17 +39,36 @@ def kinds(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
     return list(chosen.values())
 
 
+def stand_ins(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
+    """Where no run to do is of a kind with a recorded step time (a new row: Table 3's F1 row before its first
+    record), a recorded kind of each of their networks to time instead, for the machine's factor (MACHINE): the
+    one whose samples a step are nearest the network's first run's (on a log scale), at most MAX_KINDS."""
+    chosen = {}
+    for cfg in runs:
+        if cfg.network in chosen or len(chosen) >= MAX_KINDS:
+            continue
+        recorded = [k for k in throughput.training if k[0] == cfg.network and throughput.step_s(
+            RunConfig(k[0], 1.5 if k[2] else 1.0, k[1])) is not None]
+        want = cfg.batch_size * (1 if cfg.alpha == 1 else 2)  # B, or B and B'
+        if recorded:
+            network, batch_size, ne = min(recorded, key=lambda k: (abs(math.log(k[1] * (2 if k[2] else 1) / want)), k))
+            chosen[cfg.network] = RunConfig(network, 1.5 if ne else 1.0, batch_size)
+    return list(chosen.values())
+
+
 def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threads: int, seconds: float,
               data_dir: str | None = None) -> list[str]:
     """Time about `seconds` of training steps of each kind of `runs` (`kinds`) in `workers` processes side by side,
     set throughput.scale to each kind's step time here over its records' (MACHINE: their median, for the kinds
-    not timed) and return a line per kind saying so (none where no kind has a recorded step time). A step's time
+    not timed; where no kind to do has records, `stand_ins` are timed for MACHINE alone) and return a line per kind saying so (none where no kind has a recorded step time). A step's time
     here is the median of each worker's steps (a burst of other work on the machine moves it little), averaged
     over the workers. The loss checks of the runs' readings stay in (at the start of a run they are gated or
     cheap: configs/README.md) and are left out of the time."""
     if not 0 < seconds < math.inf:
         raise ConfigError(f"--calibrate takes the seconds to time each kind of run, more than 0, got {seconds:g}")
-    chosen = kinds(runs, throughput)
+    chosen, standing = kinds(runs, throughput), False
+    if not chosen:  # no kind to do has a record: time recorded kinds for the machine's factor alone
+        chosen, standing = stand_ins(runs, throughput), True
     if not chosen:
         return []
     work = [(cfg.replace(device="cpu", trace=False, max_steps=WARMUP + timed_steps(seconds, throughput.step_s(cfg))))
@@ -62,7 +81,7 @@ def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threa
         lines.append(f"calibration: {cfg.network} B={cfg.batch_size} alpha={cfg.alpha:g}: {here:.3g} s a training "
                      f"step here ({workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}, "
                      f"{work[i].max_steps - WARMUP} steps) against {recorded:.3g} s in the records: plan x"
-                     f"{here / recorded:.2f}")
+                     f"{here / recorded:.2f}" + (" for the runs to do, whose kinds have no records" if standing else ""))
     throughput.scale[MACHINE] = statistics.median(throughput.scale[Throughput.kind(c)[:3]] for c in chosen)
     return lines
 

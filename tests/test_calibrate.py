@@ -69,6 +69,25 @@ def test_each_kind_takes_its_step_time_here_over_the_records_averaged_over_the_w
             cal.calibrate(throughput, [plain], 1, 1, bad)
 
 
+def test_runs_of_kinds_without_records_take_the_factor_of_a_recorded_kind_of_their_size(monkeypatch):
+    """A new row (Table 3's F1 row, alpha = 3 at B = 5000, no record of its kind): the recorded kind nearest its
+    samples a step (NE at B = 2000: 4,000 against 10,000; plain B = 900: 900) is timed here, and its factor is
+    the machine's (MACHINE), which the new row's plan takes."""
+    plain, ne, new = RunConfig("F1", 1.0, 900), RunConfig("F1", 1.5, 2000), RunConfig("F1", 3.0, 5000)
+    records = [record(plain, 1000, 110.0, 10.0), record(ne, 1000, 600.0, 50.0)]
+    throughput, _ = planning_throughput(records, ["cpu"], 1)
+    before = throughput.seconds(new)
+    assert cal.kinds([new], throughput) == [] and cal.stand_ins([new, new.replace(seed=1)], throughput) == [ne]
+    assert cal.stand_ins([RunConfig("F1", 1.0, 1000)], throughput) == [plain]
+    monkeypatch.setattr(cal, "side_by_side", lambda target, work, threads, data_dir: [[0.66], [0.66]])
+    lines = cal.calibrate(throughput, [new], workers=2, threads=1, seconds=10.0)
+    assert throughput.scale[MACHINE] == pytest.approx(0.66 / 0.55)
+    assert lines == ["calibration: F1 B=2000 alpha=1.5: 0.66 s a training step here (2 workers x 1 thread, 18 steps) "
+                     "against 0.55 s in the records: plan x1.20 for the runs to do, whose kinds have no records"]
+    assert throughput.seconds(new) == pytest.approx(before * 0.66 / 0.55)
+    assert cal.stand_ins([RunConfig("C1", 1.0, 100)], throughput) == []  # no record of its network: nothing
+
+
 def test_a_kind_not_timed_here_takes_the_median_factor():
     """Throughput.scale: each (network, B, NE) at its own factor, the others at the median's (MACHINE), times the
     records' training step (`step_s`, what the factor was measured against) and steps, checks left out."""
