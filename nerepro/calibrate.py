@@ -47,8 +47,7 @@ def stand_ins(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
     for cfg in runs:
         if cfg.network in chosen or len(chosen) >= MAX_KINDS:
             continue
-        recorded = [k for k in throughput.training if k[0] == cfg.network and throughput.step_s(
-            RunConfig(k[0], 1.5 if k[2] else 1.0, k[1])) is not None]
+        recorded = [k for k, (steps, s) in throughput.training.items() if k[0] == cfg.network and steps and s > 0]
         want = cfg.batch_size * (1 if cfg.alpha == 1 else 2)  # B, or B and B'
         if recorded:
             network, batch_size, ne = min(recorded, key=lambda k: (abs(math.log(k[1] * (2 if k[2] else 1) / want)), k))
@@ -60,8 +59,8 @@ def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threa
               data_dir: str | None = None) -> list[str]:
     """Time about `seconds` of training steps of each kind of `runs` (`kinds`) in `workers` processes side by side,
     set throughput.scale to each kind's step time here over its records' (MACHINE: their median, for the kinds
-    not timed; where no kind to do has records, `stand_ins` are timed for MACHINE alone) and return a line per kind saying so (none where no kind has a recorded step time). A step's time
-    here is the median of each worker's steps (a burst of other work on the machine moves it little), averaged
+    not timed; where no kind to do has records, `stand_ins` are timed for MACHINE alone) and return a line per
+    kind saying so (none where no kind has a recorded step time). A step's time here is the median of each worker's steps (a burst of other work on the machine moves it little), averaged
     over the workers. The loss checks of the runs' readings stay in (at the start of a run they are gated or
     cheap: configs/README.md) and are left out of the time."""
     if not 0 < seconds < math.inf:

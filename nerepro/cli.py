@@ -289,7 +289,7 @@ def sweep(
 
         where = slots(device, workers_per_device)
         throughput, _ = planning_throughput(_records(store), where, threads)
-        paused = paused_steps(store)
+        paused_at = paused_steps(store)
         unplanned = [c for c in todo if c.run_id not in planned]  # --runs SECONDS: the file's time stands
         if where[0] == "cpu" and (calibrate is None or calibrate) and unplanned:
             from .calibrate import SECONDS
@@ -304,8 +304,8 @@ def sweep(
                 if where[0] == "cpu":  # this machine's own speed, until the sweep measures runs of its kind;
                     # a paused run's for the steps it has left
                     bound = throughput.bound(cfg)
-                    if cfg.run_id in paused:
-                        bound = resumed_bound(bound, throughput.bound_steps(cfg), paused[cfg.run_id])
+                    if cfg.run_id in paused_at:
+                        bound = resumed_bound(bound, throughput.bound_steps(cfg), paused_at[cfg.run_id])
                     planned.setdefault(cfg.run_id, bound)
     display = SweepDisplay(len(todo))
     deadline = started + limit - pause_margin(limit) if limit else None

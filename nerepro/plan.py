@@ -3,7 +3,8 @@
 `nerepro sweep CONFIGS --results R --dry-run` prints it (README, 'Sweeps'): runs to do and already recorded,
 the packs the sweep would form, the expected steps, samples and training FLOP of the runs to do (cost.py:
 the steps the time is for), and their time on one device at the --tflops or the measured throughput; then
-the total, and the wall time on this machine's devices. `plan_rows` is the table as data, `render_table` the aligned text.
+the total, and the wall time on this machine's devices. `plan_rows` is the table as data, `render_table`
+the aligned text.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def plan_rows(runs: list[RunConfig], done: set[str], priority: dict, max_pack: i
             steps = round(throughput.run_steps(cfg)) if observed else estimated_steps(cfg, reference)
             row.observed += observed
             row.steps += steps
-            row.samples += steps * cfg.samples_per_step(n_train(cfg))
-            row.flop += steps * cfg.samples_per_step(n_train(cfg)) * flop_per_sample(cfg.network)
+            samples = steps * cfg.samples_per_step(n_train(cfg))
+            row.samples += samples
+            row.flop += samples * flop_per_sample(cfg.network)
         rows.append(row)
         total.add(row)
     return rows + [total]
