@@ -263,16 +263,16 @@ def sweep(
         # a Ray cluster is not started for a dry run: auto is shown as packing
         resolved = resolve_pack(pack, options={"device": device}) if executor == "local" else pack
         records = _records(store) if store.runs.is_dir() else []
-        scale = {}
+        calibrated = None
         if calibrate and not rates and where and where[0] == "cpu":
             from .plan import planning_throughput
 
             todo = _in_order([c for c in runs if c.run_id not in done], runs_file, priority, store)  # the sweep's
-            scale = _calibrated(planning_throughput(records, where, threads)[0],
+            calibrated = _calibrated(planning_throughput(records, where, threads)[0],
                                 [c for c in todo if c.run_id not in planned], where, threads, calibrate, data_dir,
                                 workers=min(len(where), len(todo)))
         for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
-                                  listed=list_runs, threads=threads, scale=scale):
+                                  listed=list_runs, threads=threads, calibrated=calibrated):
             typer.echo(line)
         return
     from .record import check_writable
@@ -299,8 +299,8 @@ def sweep(
         for cfg in todo:
             if (seconds := throughput.seconds(cfg)) is not None:
                 factor = throughput.factor(cfg)  # the plan's calibration and steps, for plan against actual
-                store.log(f"planned:{seconds:.4g}", cfg.run_id, "factor:" + ("-" if factor is None else f"{factor:.4g}")
-                          + f" steps:{throughput.run_steps(cfg):.0f}")
+                named = "here" if throughput.timed_here(cfg) else "-" if factor is None else f"{factor:.4g}"
+                store.log(f"planned:{seconds:.4g}", cfg.run_id, f"factor:{named} steps:{throughput.run_steps(cfg):.0f}")
                 if where[0] == "cpu":  # this machine's own speed, until the sweep measures runs of its kind;
                     # a paused run's for the steps it has left
                     bound = throughput.bound(cfg)
@@ -347,10 +347,10 @@ def _in_order(pending: list, runs_file: Path | None, priority: dict, store) -> l
 
 
 def _calibrated(throughput, todo: list, where: list[str], threads: int | None, seconds: float,
-               data_dir: Path | None, store=None, workers: int = 1) -> dict:
-    """Set throughput.scale for a plan of `todo` on this machine's CPU workers (calibrate.py), `workers` of them
-    side by side (as many as the sweep will run), print what was timed (and log it to the store's sweep.log:
-    `calibrated:<factor>` beside the run timed); return the scale."""
+               data_dir: Path | None, store=None, workers: int = 1):
+    """Set throughput.scale and .here for a plan of `todo` on this machine's CPU workers (calibrate.py), `workers`
+    of them side by side (as many as the sweep will run), print what was timed (and log it to the store's
+    sweep.log: `calibrated:<factor>` beside the recorded kinds' run timed); return the throughput."""
     from .calibrate import calibrate, kinds
     from .sweep import worker_threads
 
@@ -359,12 +359,13 @@ def _calibrated(throughput, todo: list, where: list[str], threads: int | None, s
         lines = calibrate(throughput, todo, workers, threads, seconds, str(data_dir) if data_dir else None)
     except RuntimeError as e:  # the plan is only less sure: the sweep goes on at the records' speed
         typer.echo(f"calibration failed ({e}): planning at the records' speed", err=True)
-        return throughput.scale  # calibrate sets it only once every kind is timed: still empty
+        return throughput  # calibrate sets them only once every kind is timed: still empty
     for line in lines:
         typer.echo(line)
     for cfg in kinds(todo, throughput) if store is not None else []:
-        store.log(f"calibrated:{throughput.scale[throughput.kind(cfg)[:3]]:.4g}", cfg.run_id)
-    return throughput.scale
+        if (key := throughput.kind(cfg)[:3]) in throughput.scale:
+            store.log(f"calibrated:{throughput.scale[key]:.4g}", cfg.run_id)
+    return throughput
 
 
 def listed_runs(path: Path, configs: list, kept: list) -> tuple[list, dict]:

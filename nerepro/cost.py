@@ -86,11 +86,13 @@ class Throughput:
         self.training, self.checks = defaultdict(lambda: [0, 0.0]), defaultdict(lambda: [0, 0.0])
         # (network, B, NE) -> this machine's step time over the records' (calibrate.py); MACHINE: the kinds' median
         self.scale: dict = {}
+        # (network, B, NE) without records -> its training step's seconds timed on this machine (calibrate.py)
+        self.here: dict = {}
 
     def add(self, record: dict) -> None:
         seconds = record.get("wall_s")
-        if record.get("status") in (None, "error") or not seconds or record.get("resumes"):
-            return  # a resumed run's wall time covers segments this sweep did not see
+        if record.get("status") in (None, "error") or not seconds or not one_machine(record):
+            return  # a resumed run's wall time may cover segments on other machines
         key = (record["network"], record["batch_size"], record["alpha"] != 1, record.get("stop_loss", "full") == "full")
         network = self.samples[record["network"]]
         check_s = record.get("check_s")
@@ -130,9 +132,21 @@ class Throughput:
 
     def seconds(self, cfg: RunConfig) -> float | None:
         """Seconds the run should take at the records' speed, times this machine's step time over theirs (`scale`,
-        set by calibrate.py: its (network, B, NE), else the median of the kinds timed, else 1)."""
+        set by calibrate.py: its (network, B, NE), else the median of the kinds timed, else 1). A kind without
+        records timed on this machine (`here`, calibrate.py): its steps at that step time, plus for a reading that
+        checks L(w) the network's pooled check time per step (times the machine's factor), where it is known."""
+        if self.timed_here(cfg):
+            kind = self.kind(cfg)
+            checked, check_s = self.checks.get((cfg.network, n_train(cfg), cfg.check_interval(n_train(cfg))), (0, 0.0))
+            if not kind[3] or checked:
+                check = check_s / checked * self.scale.get(MACHINE, 1.0) if kind[3] else 0.0
+                return self.run_steps(cfg) * (self.here[kind[:3]] + check)
         seconds = self._recorded_seconds(cfg)
         return None if seconds is None else seconds * (self.factor(cfg) or 1.0)
+
+    def timed_here(self, cfg: RunConfig) -> bool:
+        """Whether cfg's plan takes the step time timed here for a kind without records (`here`)."""
+        return self.kind(cfg)[:3] in self.here and self.step_s(cfg) is None
 
     def factor(self, cfg: RunConfig) -> float | None:
         """The calibration factor `seconds` applies to cfg (`scale`), None where nothing was calibrated."""
@@ -176,6 +190,17 @@ class Throughput:
         if seconds is None:
             return None
         return seconds * self.bound_steps(cfg) / self.run_steps(cfg)
+
+
+def one_machine(record: dict) -> bool:
+    """Whether a record's wall time was all spent on one kind of machine: a run never resumed, or one whose
+    segments (provenance.segments, one a call) all ran on the same device and CPU at the same threads. A resumed
+    run whose segments were not all kept (before they were) is not known to have."""
+    if not record.get("resumes"):
+        return True
+    parts = (record.get("provenance") or {}).get("segments") or []
+    return len(parts) == record["resumes"] + 1 and len({(p.get("device"), p.get("cpu_id"), p.get("threads"))
+                                                        for p in parts}) == 1
 
 
 def allowed_steps(cfg: RunConfig, observed: dict | None = None, margin: float = STEPS_MARGIN) -> int:

@@ -112,10 +112,10 @@ def planning_throughput(records: list[dict], slots: list[str] | None, threads: i
     of device (cpu or cuda). On a CPU, each worker has a core to itself: records of the planned thread count
     where there are any, each row at its fastest run's speed, and each run's steps from its row's finished
     runs on any device (a record made beside other work is slower than the sweep will be)."""
-    from .cost import measured_throughput
+    from .cost import measured_throughput, one_machine
 
     kind = slots[0].split(":")[0] if slots else None
-    timed = [r for r in records if r.get("status") not in (None, "error") and r.get("wall_s") and not r.get("resumes")
+    timed = [r for r in records if r.get("status") not in (None, "error") and r.get("wall_s") and one_machine(r)
              and kind in (None, (r.get("provenance") or {}).get("device_type", kind))]
     if kind == "cpu":
         threads = threads or max(1, (os.cpu_count() or 1) // len(slots))
@@ -126,15 +126,16 @@ def planning_throughput(records: list[dict], slots: list[str] | None, threads: i
 def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records: list[dict],
                   rates: dict[str, float], pack: str, resolved: str, max_pack: int, slots: list[str] | None,
                   results: str, listed: bool = False, threads: int | None = None,
-                  scale: dict | None = None) -> list[str]:
+                  calibrated=None) -> list[str]:
     """The dry run's report: the table, then what the time means and how to get it where it is unknown.
     `records`: those in the results directory (the speed of those run on this machine's kind of device, cpu or
     cuda, is the measured throughput); `pack` as given and as the sweep resolves it (on/off); `slots`: the
-    sweep's workers on this machine (None: a Ray cluster, any device); `scale`: this machine's step time over the
-    records' (calibrate.py; none: the records' speed)."""
+    sweep's workers on this machine (None: a Ray cluster, any device); `calibrated`: the Throughput that
+    calibrate.py timed this machine into (its scale and here; none: the records' speed)."""
     kind = slots[0].split(":")[0] if slots else None
     throughput, timed = planning_throughput(records, slots, threads)
-    throughput.scale = dict(scale or {})
+    if calibrated is not None:
+        throughput.scale, throughput.here = dict(calibrated.scale), dict(calibrated.here)
     rows = plan_rows(runs, done, priority, max_pack if resolved != "off" else 1, throughput, rates)
     total = rows[-1]
     packs = f"on, up to {max_pack} F1 runs differing in seed and alpha per program" if resolved != "off" else \
@@ -155,7 +156,8 @@ def dry_run_lines(runs: list[RunConfig], done: set[str], priority: dict, records
                          "packed run counts its share of its pack)" + (
                              "; on a CPU each row at its fastest run's speed with the sweep's threads per worker, and "
                              "steps as its row's finished runs took" if kind == "cpu" else "")
-                         + ("; scaled to this machine's speed by --calibrate (above)" if throughput.scale else ""))
+                         + ("; scaled to this machine's speed by --calibrate (above)" if throughput.scale else "")
+                         + ("; kinds without records at their step time timed here (above)" if throughput.here else ""))
         else:
             lines.append(f"device time: at --tflops {source} TFLOP/s (the FLOP column / that rate)")
     if total.seconds:

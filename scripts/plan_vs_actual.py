@@ -11,7 +11,8 @@ CPU is its CPU time over its wall time times its threads (`cpu_s`, over its segm
 records before it and for GPU runs): about 1 where a single-threaded run had its core to itself, less where
 other work shared it (several threads read below 1 even alone: parts of a step run on one). A single-threaded
 run "had its core" at ALONE or more: a bound that other work on the core breaks, not a proof that none ran (a
-VM's host, the core's sibling). The factor is the one the plan line names (`factor:<f>`, "-": the records' speed);
+VM's host, the core's sibling). The factor is the one the plan line names (`factor:<f>`, "-": the records' speed;
+"here": a kind without records, planned at its step time timed here);
 on lines without it (sweeps of commit b0ad000), the one the same sweep process logged (`calibrated:<factor>`)
 for the run's (network, B, NE or not), else "-". The plan's steps are the line's `steps:<n>` (sweeps before
 it: the parts are "-"). A packed run's actual time is its share of its pack's (its `wall_s` is the pack's), as
@@ -37,9 +38,9 @@ def kind(run_id: str) -> tuple | None:
     return (match[1], int(match[3]), float(match[2]) != 1) if match else None
 
 
-def plans(log: Path) -> dict[str, tuple[float, float | None, float | None]]:
+def plans(log: Path) -> dict[str, tuple[float, float | str | None, float | None]]:
     """run id -> (the last plan logged for it before its record, the calibration factor of that sweep for its
-    kind or None, the plan's steps or None)."""
+    kind, "here" or None, the plan's steps or None)."""
     planned, found, factors = {}, {}, {}
     for line in log.read_text().splitlines() if log.is_file() else []:
         parts = line.split()
@@ -51,7 +52,8 @@ def plans(log: Path) -> dict[str, tuple[float, float | None, float | None]]:
         elif event.startswith("planned:"):
             notes = dict(part.split(":", 1) for part in parts[5:] if ":" in part)
             named = notes.get("factor")
-            factor = factors.get((pid, kind(run_id))) if named is None else None if named == "-" else float(named)
+            factor = factors.get((pid, kind(run_id))) if named is None else None if named == "-" else \
+                named if named == "here" else float(named)
             steps = float(notes["steps"]) if notes.get("steps", "-") != "-" else None
             planned[run_id] = (float(event.split(":", 1)[1]), factor, steps)
         elif event.startswith("recorded:") and run_id in planned:
@@ -85,7 +87,7 @@ def main() -> int:
         if had_its_core(r):
             alone, alone_within = alone + 1, alone_within + (abs(ratio - 1) <= 0.3)
         print(f"| `{run_id}` | {s:,.0f} | {wall:,.0f} | {ratio:.2f} | {parts} | "
-              f"{'-' if factor is None else f'x{factor:.2f}'} | {'-' if share is None else f'{share:.2f}'} | "
+              f"{'-' if factor is None else factor if factor == 'here' else f'x{factor:.2f}'} | {'-' if share is None else f'{share:.2f}'} | "
               f"{r.get('resumes', 0)} | {prov.get('threads', '?')} | {prov.get('device', '?')} |")
     print(f"\n{within} of {len(rows)} within 30% of the plan")
     if split:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from nerepro import RunConfig
 from nerepro import calibrate as cal
 from nerepro.cli import app
-from nerepro.cost import MACHINE, Throughput
+from nerepro.cost import MACHINE, Throughput, one_machine
 from nerepro.plan import planning_throughput
 from nerepro.results import load_records
 
@@ -69,23 +69,61 @@ def test_each_kind_takes_its_step_time_here_over_the_records_averaged_over_the_w
             cal.calibrate(throughput, [plain], 1, 1, bad)
 
 
-def test_runs_of_kinds_without_records_take_the_factor_of_a_recorded_kind_of_their_size(monkeypatch):
-    """A new row (Table 3's F1 row, alpha = 3 at B = 5000, no record of its kind): the recorded kind nearest its
-    samples a step (NE at B = 2000: 4,000 against 10,000; plain B = 900: 900) is timed here, and its factor is
-    the machine's (MACHINE), which the new row's plan takes."""
+def test_runs_of_kinds_without_records_are_planned_at_their_step_time_timed_here(monkeypatch):
+    """A new row (Table 3's F1 row, alpha = 3 at B = 5000, no record of its kind) is timed here after the
+    recorded kinds, for about `seconds` at the guess from the network's samples a second, and its runs are planned
+    at its step time here times their steps (no factor: Throughput.here), its checks where it reads L(w) at the
+    network's pooled check time a step times the machine's factor; a network without records is not timed."""
     plain, ne, new = RunConfig("F1", 1.0, 900), RunConfig("F1", 1.5, 2000), RunConfig("F1", 3.0, 5000)
     records = [record(plain, 1000, 110.0, 10.0), record(ne, 1000, 600.0, 50.0)]
     throughput, _ = planning_throughput(records, ["cpu"], 1)
-    before = throughput.seconds(new)
-    assert cal.kinds([new], throughput) == [] and cal.stand_ins([new, new.replace(seed=1)], throughput) == [ne]
-    assert cal.stand_ins([RunConfig("F1", 1.0, 1000)], throughput) == [plain]
-    monkeypatch.setattr(cal, "side_by_side", lambda target, work, threads, data_dir: [[0.66], [0.66]])
-    lines = cal.calibrate(throughput, [new], workers=2, threads=1, seconds=10.0)
-    assert throughput.scale[MACHINE] == pytest.approx(0.66 / 0.55)
-    assert lines == ["calibration: F1 B=2000 alpha=1.5: 0.66 s a training step here (2 workers x 1 thread, 18 steps) "
-                     "against 0.55 s in the records: plan x1.20 for the runs to do, whose kinds have no records"]
-    assert throughput.seconds(new) == pytest.approx(before * 0.66 / 0.55)
-    assert cal.stand_ins([RunConfig("C1", 1.0, 100)], throughput) == []  # no record of its network: nothing
+    guess = throughput.seconds(new) / throughput.run_steps(new)  # 10,000 samples a step at B = 900's samples a second
+    assert guess == pytest.approx(10_000 / (900 * 1000 / 110.0))
+    assert cal.kinds([new, ne], throughput) == [ne] and cal.new_kinds([new, new.replace(seed=1), ne], throughput) == [new]
+    assert cal.new_kinds([RunConfig("C1", 1.0, 100)], throughput) == []  # no record of its network: no guess
+    calls = []
+
+    def fake_side_by_side(target, work, threads, data_dir):
+        calls.append(work[0][0])
+        return [[0.66, 1.5], [0.66, 1.3]]  # NE, then the new kind
+
+    monkeypatch.setattr(cal, "side_by_side", fake_side_by_side)
+    lines = cal.calibrate(throughput, [new, ne.replace(seed=5)], workers=2, threads=1, seconds=10.0)
+    assert [(c.alpha, c.batch_size, c.seed, c.device) for c in calls[0]] == [(1.5, 2000, 5, "cpu"), (3.0, 5000, 0, "cpu")]
+    assert [c.max_steps - cal.WARMUP for c in calls[0]] == [18, round(10.0 / guess)]
+    assert throughput.scale == {Throughput.kind(ne)[:3]: pytest.approx(0.66 / 0.55), MACHINE: pytest.approx(1.2)}
+    assert throughput.here == {Throughput.kind(new)[:3]: pytest.approx(1.4)}
+    assert lines[1] == (f"calibration: F1 B=5000 alpha=3: 1.4 s a training step here (2 workers x 1 thread, "
+                        f"{round(10.0 / guess)} steps); no record of its kind: its runs planned at it (a guess from "
+                        f"the network's other records: {guess:.3g} s)")
+    assert throughput.timed_here(new) and not throughput.timed_here(ne)
+    assert throughput.seconds(new.replace(seed=7)) == pytest.approx(1.4 * throughput.run_steps(new))
+    eq1 = new.replace(stop_loss="full", check_every=50, sampling="independent")  # reads L(w): no checks pooled
+    assert throughput.seconds(eq1) == pytest.approx(1.2 * throughput._recorded_seconds(eq1))  # the guess, scaled
+    throughput.checks["F1", 60_000, 50] = [1000, 20.0]  # once the network's checks are known: 0.02 s a step
+    throughput.here[Throughput.kind(eq1)[:3]] = 1.4
+    assert throughput.seconds(eq1) == pytest.approx((1.4 + 1.2 * 0.02) * throughput.run_steps(eq1))
+    throughput.training[Throughput.kind(new)[:3]] = [100, 150.0]  # a record of the kind: the records' plan again
+    assert not throughput.timed_here(new)
+
+
+def test_a_resumed_run_times_the_plan_where_all_its_segments_ran_on_one_kind_of_machine():
+    """A run paused and continued (Table 3's F1 row across calls): its record counts for the plan's speed where
+    its segments all ran on one device and CPU at one thread count; not where one ran elsewhere, nor where its
+    segments were not all kept."""
+    new = RunConfig("F1", 3.0, 5000)
+    part = {"device": "AMD EPYC", "cpu_id": "family 25, model 17, stepping 1", "threads": 1}
+    resumed = record(new, 4000, 6000.0, 0.0)
+    resumed.update(resumes=1)
+    resumed["provenance"]["segments"] = [part, part]
+    assert one_machine(resumed) and one_machine(record(new, 4000, 6000.0, 0.0))
+    throughput, timed = planning_throughput([resumed], ["cpu"], 1)
+    assert timed == [resumed] and throughput.step_s(new) == pytest.approx(1.5)
+    for segments in ([part, {**part, "threads": 2}], [part, {**part, "cpu_id": "family 6, model 85"}], [part]):
+        resumed["provenance"]["segments"] = segments
+        assert not one_machine(resumed)
+        throughput, timed = planning_throughput([resumed], ["cpu"], 1)
+        assert timed == [] and throughput.step_s(new) is None
 
 
 def test_a_kind_not_timed_here_takes_the_median_factor():
@@ -147,8 +185,10 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     assert set(planned) == set(todo)
     kinds = {Throughput.kind(todo[run_id])[:3]: f for run_id, f in factors.items()}  # each logged beside a run timed
     assert len(kinds) == 2 and all(f > 0 for f in kinds.values())
-    for cfg in todo.values():  # each at its kind's factor (both logged to 4 digits)
-        assert planned[cfg.run_id] == pytest.approx(kinds[Throughput.kind(cfg)[:3]] * throughput.seconds(cfg), rel=2e-3)
+    for cfg in todo.values():  # each at its kind's factor times the records' training step (all logged to 4 digits)
+        assert not Throughput.kind(cfg)[3]  # the default reading checks no L(w): no check time in the plan
+        assert planned[cfg.run_id] == pytest.approx(
+            kinds[Throughput.kind(cfg)[:3]] * throughput.run_steps(cfg) * throughput.step_s(cfg), rel=2e-3)
         assert named[cfg.run_id] == kinds[Throughput.kind(cfg)[:3]]
         ran = [r["steps"] for r in records if r["alpha"] == cfg.alpha]  # the row's one finished seed
         assert len(ran) == 1 and steps[cfg.run_id] == f"steps:{ran[0]}"
@@ -166,3 +206,30 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     for value in ("-1", "nan"):
         bad = CliRunner().invoke(app, [*base, "--dry-run", "--calibrate", value])
         assert bad.exit_code == 2 and "--calibrate" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_a_time_limited_cpu_sweep_plans_a_kind_without_records_at_its_step_time_here(tmp_path, fake_fmnist_root):
+    """A sweep whose runs to do are of a kind without records (NE at B = 20, after plain runs at B = 20) times
+    that kind in its workers and plans each of its runs at the step time timed times its steps: the `planned:`
+    line says `factor:here`; the dry run with --calibrate plans them alike and says so."""
+    config = tmp_path / "grid.toml"
+    grid = "seeds = 2\n[settings]\nmax_steps = 40\ncheck_every = 10\n[[grid]]\nnetwork = \"F1\"\nalpha = {}\n" \
+           "batch_size = 20\n"
+    config.write_text(grid.format(1.0))
+    results = tmp_path / "r"
+    base = ["sweep", str(config), "--results", str(results), "--data-dir", str(fake_fmnist_root), "--device", "cpu",
+            "--threads", "1", "--workers-per-device", "1"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    config.write_text(grid.format(1.5))
+    out = CliRunner().invoke(app, [*base, "--time-limit", "1s", "--calibrate", "0.2"])
+    assert out.exit_code == 0, out.output
+    timed = [line for line in out.output.splitlines() if line.startswith("calibration: F1 B=20 alpha=1.5: ")]
+    assert len(timed) == 1 and "no record of its kind: its runs planned at it" in timed[0], out.output
+    step = float(timed[0].split(": ")[2].split(" s a training step")[0])
+    planned = [line.split()[3:] for line in (results / "sweep.log").read_text().splitlines() if " planned:" in line]
+    assert len(planned) == 2 and all(p[2] == "factor:here" for p in planned)
+    for p in planned:  # the step time here (printed to 3 digits) times the plan's steps (logged to 4)
+        assert float(p[0].split(":")[1]) == pytest.approx(step * float(p[3].split(":")[1]), rel=6e-3)
+    dry = CliRunner().invoke(app, [*base, "--dry-run", "--calibrate", "0.2"])
+    assert dry.exit_code == 0 and "kinds without records at their step time timed here (above)" in dry.output, \
+        dry.output

@@ -288,12 +288,13 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
     a, b = "F1-a1.5-b2000-s7-aaaaaaaaaa", "F1-a1-b900-s1-bbbbbbbbbb"
     c, d, e = "F1-a1.5-b2000-s8-cccccccccc", "F1-a1.5-b2000-s9-dddddddddd", "F1-a1-b900-s2-eeeeeeeeee"
     f = "F1-a1-b900-s3-ffffffffff"  # one run of a pack of 4: its share of the pack's wall time
+    g = "F1-a3-b5000-s0-gggggggggg"  # a kind without records, planned at its step time timed here
     # CPU time: a, e and f's pack had their core (share 0.98-0.99), b shared it (0.5), c and d do not say; d ran
     # 2 threads (its share would be 0.49), f on a GPU (none)
     cpu = {a: 118.0, b: 150.0, d: 59.0, e: 139.0, f: 356.0}
     threads, device = {d: 2}, {f: "cuda"}
     for run_id, wall, steps in ((a, 120.0, 80), (b, 300.0, 80), (c, 50.0, 125), (d, 60.0, 80), (e, 140.0, 1000),
-                                (f, 360.0, 900)):
+                                (f, 360.0, 900), (g, 150.0, 100)):
         (root / "runs" / f"{run_id}.json").write_text(json.dumps(
             {"run_id": run_id, "network": "F1", "alpha": 1.0, "batch_size": 20, "seed": 0, "status": "converged",
              "wall_s": wall, "steps": steps,
@@ -306,7 +307,8 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
         f"t h 1 recorded:converged {b}\nt h 2 planned:999 {b}\n"
         f"t h 2 planned:50 {c} factor:0.8 steps:100\nt h 2 planned:60 {d} factor:-\nt h 2 recorded:converged {c}\n"
         f"t h 2 recorded:converged {d}\nt h 3 planned:100 {e} factor:1.1 steps:1000\nt h 3 recorded:converged {e}\n"
-        f"t h 3 planned:100 {f} factor:- steps:1000\nt h 3 recorded:converged {f}\n")
+        f"t h 3 planned:100 {f} factor:- steps:1000\nt h 3 recorded:converged {f}\n"
+        f"t h 4 planned:100 {g} factor:here steps:100\nt h 4 recorded:converged {g}\n")
     # the plan line's own factor wins over the process's; where it names its steps, the ratio splits into
     # steps (c: 125 of 100 planned) and time a step (c: 50 s / 125 against 50 s / 100, e: 0.14 s against 0.1 s)
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "plan_vs_actual.py"), str(root)],
@@ -318,8 +320,9 @@ def test_plan_against_actual_pairs_each_record_with_its_last_plan(tmp_path):
     assert f"| `{d}` | 60 | 60 | 1.00 | - | - | - | 0.49 |" in out.stdout
     assert f"| `{e}` | 100 | 140 | 1.40 | 1.00 | 1.40 | x1.10 | 0.99 |" in out.stdout
     assert f"| `{f}` | 100 | 90 | 0.90 | 0.90 | 1.00 | - | - |" in out.stdout
-    assert "4 of 6 within 30% of the plan" in out.stdout
-    assert "2 of the 3 whose plan names its steps within 30% of the plan's time a step" in out.stdout
+    assert f"| `{g}` | 100 | 150 | 1.50 | 1.00 | 1.50 | here | - |" in out.stdout
+    assert "4 of 7 within 30% of the plan" in out.stdout
+    assert "2 of the 4 whose plan names its steps within 30% of the plan's time a step" in out.stdout
     assert "1 of the 2 single-threaded runs that had their core (CPU share 0.9 or more) within 30% of the plan" \
         in out.stdout
 
