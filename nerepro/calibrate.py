@@ -40,31 +40,52 @@ def kinds(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
     return list(chosen.values())
 
 
-def new_kinds(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
-    """The first run of each (network, B, NE) among `runs` without a recorded step time but with a plan from the
-    network's other records (a new row: Table 3's F1 row before its first record), in the runs' order: timed
-    here, their runs are planned at the step time timed (Throughput.here), not at a guess from other kinds'
-    samples a second (which on a CPU runs short for larger steps: results/performance.md)."""
+def stand_ins(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
+    """Where no run to do is of a kind with a recorded step time (a new row: Table 3's F1 row before its first
+    record), a recorded kind of each of their networks to time instead, for the machine's factor (MACHINE: the
+    check time of a new kind's reading, and the plan of the new kinds not timed): the one whose samples a step
+    are nearest the network's first run's (on a log scale), at most MAX_KINDS."""
     chosen = {}
     for cfg in runs:
-        if throughput.step_s(cfg) is None and throughput.seconds(cfg) is not None:
+        if cfg.network in chosen or len(chosen) >= MAX_KINDS:
+            continue
+        recorded = [k for k, (steps, s) in throughput.training.items() if k[0] == cfg.network and steps and s > 0]
+        want = cfg.batch_size * (1 if cfg.alpha == 1 else 2)  # B, or B and B'
+        if recorded:
+            network, batch_size, ne = min(recorded, key=lambda k: (abs(math.log(k[1] * (2 if k[2] else 1) / want)), k))
+            chosen[cfg.network] = RunConfig(network, 1.5 if ne else 1.0, batch_size)
+    return list(chosen.values())
+
+
+def new_kinds(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
+    """The first run of each (network, B, NE) among `runs` without records of its kind but with a plan from the
+    network's other records (a new row: Table 3's F1 row before its first record), in the runs' order, where a
+    step time timed here would plan it (Throughput.could_time_here): its runs are planned at that step time
+    (Throughput.here), not at a guess from other kinds' samples a second (which on a CPU runs short for larger
+    steps: results/performance.md)."""
+    chosen = {}
+    for cfg in runs:
+        if throughput.could_time_here(cfg) and throughput.seconds(cfg) is not None:
             chosen.setdefault(Throughput.kind(cfg)[:3], cfg)
     return list(chosen.values())
 
 
 def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threads: int, seconds: float,
               data_dir: str | None = None) -> list[str]:
-    """Time about `seconds` of training steps of each kind of `runs` in `workers` processes side by side, the
-    kinds with records (`kinds`) and then those without (`new_kinds`), MAX_KINDS at most in all; set
-    throughput.scale to each recorded kind's step time here over its records' (MACHINE: their median, for the
-    kinds not timed) and throughput.here to each new kind's step time here; return a line per kind saying so
-    (none where no kind can be timed). A step's time here is the median of each worker's steps (a burst of other
-    work on the machine moves it little), averaged over the workers. The loss checks of the runs' readings stay
-    in (at the start of a run they are gated or cheap: configs/README.md) and are left out of the time."""
+    """Time about `seconds` of training steps of each kind of `runs` in `workers` processes side by side, MAX_KINDS
+    at most: the kinds without records (`new_kinds`, MAX_KINDS - 1 at most), then those with records (`kinds`;
+    where none, `stand_ins`); set throughput.here to each new kind's step time here and throughput.scale to each
+    recorded kind's step time here over its records' (MACHINE: their median, for the kinds not timed); return a
+    line per kind saying so (none where no kind can be timed). A step's time here is the median of each worker's
+    steps (a burst of other work on the machine moves it little), averaged over the workers. The loss checks of
+    the runs' readings stay in (at the start of a run they are gated or cheap: configs/README.md) and are left out
+    of the time."""
     if not 0 < seconds < math.inf:
         raise ConfigError(f"--calibrate takes the seconds to time each kind of run, more than 0, got {seconds:g}")
-    recorded = kinds(runs, throughput)
-    chosen = [*recorded, *new_kinds(runs, throughput)][:MAX_KINDS]
+    new = new_kinds(runs, throughput)[:MAX_KINDS - 1]
+    standing = not kinds(runs, throughput)
+    recorded = (stand_ins(runs, throughput) if standing else kinds(runs, throughput))[:MAX_KINDS - len(new)]
+    chosen = [*new, *recorded]
     if not chosen:
         return []
     guess = [throughput.step_s(c) or throughput.seconds(c) / throughput.run_steps(c) for c in chosen]
@@ -77,13 +98,14 @@ def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threa
         line = (f"calibration: {cfg.network} B={cfg.batch_size} alpha={cfg.alpha:g}: {timed:.3g} s a training step "
                 f"here ({workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}, "
                 f"{work[i].max_steps - WARMUP} steps)")
-        if i < len(recorded):
-            scale[kind] = timed / guess[i]
-            lines.append(f"{line} against {guess[i]:.3g} s in the records: plan x{timed / guess[i]:.2f}")
-        else:
+        if i < len(new):
             here[kind] = timed
             lines.append(f"{line}; no record of its kind: its runs planned at it (a guess from the network's "
                          f"other records: {guess[i]:.3g} s)")
+        else:
+            scale[kind] = timed / guess[i]
+            lines.append(f"{line} against {guess[i]:.3g} s in the records: plan x{timed / guess[i]:.2f}"
+                         + (" for the machine (no kind to do has records)" if standing else ""))
     if scale:
         scale[MACHINE] = statistics.median(scale.values())
     throughput.scale.update(scale)

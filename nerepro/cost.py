@@ -137,16 +137,26 @@ class Throughput:
         checks L(w) the network's pooled check time per step (times the machine's factor), where it is known."""
         if self.timed_here(cfg):
             kind = self.kind(cfg)
-            checked, check_s = self.checks.get((cfg.network, n_train(cfg), cfg.check_interval(n_train(cfg))), (0, 0.0))
-            if not kind[3] or checked:
-                check = check_s / checked * self.scale.get(MACHINE, 1.0) if kind[3] else 0.0
-                return self.run_steps(cfg) * (self.here[kind[:3]] + check)
+            checked, check_s = self._pooled_checks(cfg)
+            check = check_s / checked * self.scale.get(MACHINE, 1.0) if kind[3] else 0.0
+            return self.run_steps(cfg) * (self.here[kind[:3]] + check)
         seconds = self._recorded_seconds(cfg)
         return None if seconds is None else seconds * (self.factor(cfg) or 1.0)
 
     def timed_here(self, cfg: RunConfig) -> bool:
         """Whether cfg's plan takes the step time timed here for a kind without records (`here`)."""
-        return self.kind(cfg)[:3] in self.here and self.step_s(cfg) is None
+        return self.kind(cfg)[:3] in self.here and self.could_time_here(cfg)
+
+    def could_time_here(self, cfg: RunConfig) -> bool:
+        """Whether a step time timed here would plan cfg: no record of its (network, B, NE) says its training
+        step, none of its own kind finished, and for a reading that checks L(w) the network's checks of as many
+        samples as often are known (else the guess stands, checks and all)."""
+        return self.step_s(cfg) is None and not self.measured(cfg) and (
+            not self.kind(cfg)[3] or bool(self._pooled_checks(cfg)[0]))
+
+    def _pooled_checks(self, cfg: RunConfig) -> tuple[int, float]:
+        """(steps, seconds of L(w) checks) pooled over the network's runs that checked as many samples as often."""
+        return tuple(self.checks.get((cfg.network, n_train(cfg), cfg.check_interval(n_train(cfg))), (0, 0.0)))
 
     def factor(self, cfg: RunConfig) -> float | None:
         """The calibration factor `seconds` applies to cfg (`scale`), None where nothing was calibrated."""
@@ -162,7 +172,7 @@ class Throughput:
         kind = self.kind(cfg)
         own_steps, own_s = self.steps.get(kind, (0, 0.0))
         steps, s = self.training.get(kind[:3], (0, 0.0))
-        checked, check_s = self.checks.get((cfg.network, n_train(cfg), cfg.check_interval(n_train(cfg))), (0, 0.0))
+        checked, check_s = self._pooled_checks(cfg)
         split = steps and s > 0 and (checked or not kind[3])  # training steps (any reading) and the checks' time
         # A calibrated plan takes the split: its factor is this machine's step over `step_s`, the training step
         # of the split, not over the step of the kind's own runs, which may have run at another speed

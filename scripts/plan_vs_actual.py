@@ -86,8 +86,9 @@ def main() -> int:
         share = cpu_share(r)
         if had_its_core(r):
             alone, alone_within = alone + 1, alone_within + (abs(ratio - 1) <= 0.3)
+        named = "-" if factor is None else factor if factor == "here" else f"x{factor:.2f}"
         print(f"| `{run_id}` | {s:,.0f} | {wall:,.0f} | {ratio:.2f} | {parts} | "
-              f"{'-' if factor is None else factor if factor == 'here' else f'x{factor:.2f}'} | {'-' if share is None else f'{share:.2f}'} | "
+              f"{named} | {'-' if share is None else f'{share:.2f}'} | "
               f"{r.get('resumes', 0)} | {prov.get('threads', '?')} | {prov.get('device', '?')} |")
     print(f"\n{within} of {len(rows)} within 30% of the plan")
     if split:

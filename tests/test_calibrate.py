@@ -70,41 +70,72 @@ def test_each_kind_takes_its_step_time_here_over_the_records_averaged_over_the_w
 
 
 def test_runs_of_kinds_without_records_are_planned_at_their_step_time_timed_here(monkeypatch):
-    """A new row (Table 3's F1 row, alpha = 3 at B = 5000, no record of its kind) is timed here after the
+    """A new row (Table 3's F1 row, alpha = 3 at B = 5000, no record of its kind) is timed here before the
     recorded kinds, for about `seconds` at the guess from the network's samples a second, and its runs are planned
     at its step time here times their steps (no factor: Throughput.here), its checks where it reads L(w) at the
-    network's pooled check time a step times the machine's factor; a network without records is not timed."""
+    network's pooled check time a step times the machine's factor; where those checks are unknown, it is not
+    timed and keeps the guess; a network without records is not timed."""
     plain, ne, new = RunConfig("F1", 1.0, 900), RunConfig("F1", 1.5, 2000), RunConfig("F1", 3.0, 5000)
+    eq1 = new.replace(stop_loss="full", check_every=50, sampling="independent")  # reads L(w) every 50 steps
     records = [record(plain, 1000, 110.0, 10.0), record(ne, 1000, 600.0, 50.0)]
     throughput, _ = planning_throughput(records, ["cpu"], 1)
-    guess = throughput.seconds(new) / throughput.run_steps(new)  # 10,000 samples a step at B = 900's samples a second
+    guess = throughput.seconds(new) / throughput.run_steps(new)  # 10,000 samples a step at B = 900's a second
     assert guess == pytest.approx(10_000 / (900 * 1000 / 110.0))
-    assert cal.kinds([new, ne], throughput) == [ne] and cal.new_kinds([new, new.replace(seed=1), ne], throughput) == [new]
+    assert cal.kinds([new, ne], throughput) == [ne]
+    assert cal.new_kinds([new, new.replace(seed=1), ne], throughput) == [new]
+    assert cal.new_kinds([eq1], throughput) == []  # no checks of 10,000 samples every 50 steps pooled
     assert cal.new_kinds([RunConfig("C1", 1.0, 100)], throughput) == []  # no record of its network: no guess
     calls = []
 
     def fake_side_by_side(target, work, threads, data_dir):
         calls.append(work[0][0])
-        return [[0.66, 1.5], [0.66, 1.3]]  # NE, then the new kind
+        return [[1.5, 0.66], [1.3, 0.66]]  # the new kind, then NE
 
     monkeypatch.setattr(cal, "side_by_side", fake_side_by_side)
-    lines = cal.calibrate(throughput, [new, ne.replace(seed=5)], workers=2, threads=1, seconds=10.0)
-    assert [(c.alpha, c.batch_size, c.seed, c.device) for c in calls[0]] == [(1.5, 2000, 5, "cpu"), (3.0, 5000, 0, "cpu")]
-    assert [c.max_steps - cal.WARMUP for c in calls[0]] == [18, round(10.0 / guess)]
+    lines = cal.calibrate(throughput, [new, eq1, ne.replace(seed=5)], workers=2, threads=1, seconds=10.0)
+    assert [(c.alpha, c.batch_size, c.seed) for c in calls[0]] == [(3.0, 5000, 0), (1.5, 2000, 5)]
+    assert all(c.device == "cpu" for c in calls[0])
+    assert [c.max_steps - cal.WARMUP for c in calls[0]] == [round(10.0 / guess), 18]
     assert throughput.scale == {Throughput.kind(ne)[:3]: pytest.approx(0.66 / 0.55), MACHINE: pytest.approx(1.2)}
     assert throughput.here == {Throughput.kind(new)[:3]: pytest.approx(1.4)}
-    assert lines[1] == (f"calibration: F1 B=5000 alpha=3: 1.4 s a training step here (2 workers x 1 thread, "
+    assert lines[0] == (f"calibration: F1 B=5000 alpha=3: 1.4 s a training step here (2 workers x 1 thread, "
                         f"{round(10.0 / guess)} steps); no record of its kind: its runs planned at it (a guess from "
                         f"the network's other records: {guess:.3g} s)")
     assert throughput.timed_here(new) and not throughput.timed_here(ne)
     assert throughput.seconds(new.replace(seed=7)) == pytest.approx(1.4 * throughput.run_steps(new))
-    eq1 = new.replace(stop_loss="full", check_every=50, sampling="independent")  # reads L(w): no checks pooled
-    assert throughput.seconds(eq1) == pytest.approx(1.2 * throughput._recorded_seconds(eq1))  # the guess, scaled
+    assert not throughput.timed_here(eq1)  # the guess at the machine's factor, checks and all
+    assert throughput.seconds(eq1) == pytest.approx(1.2 * throughput._recorded_seconds(eq1))
     throughput.checks["F1", 60_000, 50] = [1000, 20.0]  # once the network's checks are known: 0.02 s a step
-    throughput.here[Throughput.kind(eq1)[:3]] = 1.4
+    assert throughput.timed_here(eq1)  # the kind's training step timed here, plus the checks at the factor
     assert throughput.seconds(eq1) == pytest.approx((1.4 + 1.2 * 0.02) * throughput.run_steps(eq1))
     throughput.training[Throughput.kind(new)[:3]] = [100, 150.0]  # a record of the kind: the records' plan again
-    assert not throughput.timed_here(new)
+    assert not throughput.timed_here(new) and not cal.new_kinds([new], throughput)
+
+
+def test_a_sweep_of_new_kinds_alone_also_times_a_recorded_kind_for_the_machines_factor(monkeypatch):
+    """Where no kind to do has records (a sweep of Table 3's F1 row alone), a recorded kind of the network nearest
+    in samples a step (NE at B = 2000: 4,000 against 10,000; plain B = 900 for plain B = 1000) is timed too, for
+    the machine's factor (MACHINE): the check time of a new kind that reads L(w), and the plan of a new kind not
+    timed; MAX_KINDS - 1 new kinds at most leave it a place."""
+    plain, ne, new = RunConfig("F1", 1.0, 900), RunConfig("F1", 1.5, 2000), RunConfig("F1", 3.0, 5000)
+    throughput, _ = planning_throughput([record(plain, 1000, 110.0, 10.0), record(ne, 1000, 600.0, 50.0)], ["cpu"], 1)
+    assert cal.stand_ins([new, new.replace(seed=1)], throughput) == [ne]
+    assert cal.stand_ins([RunConfig("F1", 1.0, 1000)], throughput) == [plain]
+    assert cal.stand_ins([RunConfig("C1", 1.0, 100)], throughput) == []  # no record of its network: nothing
+    many = [RunConfig("F1", 3.0, b) for b in (5000, 4000, 3000, 2500)]  # four kinds: B, with NE
+    timed = []
+
+    def fake_side_by_side(target, work, threads, data_dir):
+        timed.extend(work[0][0])
+        return [[2.0] * len(work[0][0])]
+
+    monkeypatch.setattr(cal, "side_by_side", fake_side_by_side)
+    lines = cal.calibrate(throughput, many, workers=1, threads=1, seconds=10.0)
+    assert [(c.alpha, c.batch_size) for c in timed] == [(3.0, 5000), (3.0, 4000), (3.0, 3000), (1.5, 2000)]
+    assert throughput.scale[MACHINE] == pytest.approx(2.0 / 0.55)
+    assert lines[-1].endswith("plan x3.64 for the machine (no kind to do has records)")
+    assert throughput.timed_here(many[2]) and not throughput.timed_here(many[3])  # B = 2500: not timed
+    assert throughput.seconds(many[3]) == pytest.approx(2.0 / 0.55 * throughput._recorded_seconds(many[3]))
 
 
 def test_a_resumed_run_times_the_plan_where_all_its_segments_ran_on_one_kind_of_machine():
@@ -119,11 +150,17 @@ def test_a_resumed_run_times_the_plan_where_all_its_segments_ran_on_one_kind_of_
     assert one_machine(resumed) and one_machine(record(new, 4000, 6000.0, 0.0))
     throughput, timed = planning_throughput([resumed], ["cpu"], 1)
     assert timed == [resumed] and throughput.step_s(new) == pytest.approx(1.5)
+    direct = Throughput(fastest=True)  # Throughput.add alike, without planning_throughput's choice of records
+    direct.add(resumed)
+    assert direct.step_s(new) == pytest.approx(1.5)
     for segments in ([part, {**part, "threads": 2}], [part, {**part, "cpu_id": "family 6, model 85"}], [part]):
         resumed["provenance"]["segments"] = segments
         assert not one_machine(resumed)
         throughput, timed = planning_throughput([resumed], ["cpu"], 1)
         assert timed == [] and throughput.step_s(new) is None
+        direct = Throughput(fastest=True)
+        direct.add(resumed)
+        assert direct.step_s(new) is None and not direct.measured(new)
 
 
 def test_a_kind_not_timed_here_takes_the_median_factor():
