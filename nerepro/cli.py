@@ -274,6 +274,8 @@ def sweep(
         for line in dry_run_lines(runs, done, priority, records, rates, pack, resolved, max_pack, where, str(results),
                                   listed=list_runs, threads=threads, calibrated=calibrated):
             typer.echo(line)
+        if line := _paused_line([c for c in runs if c.run_id not in done], store):
+            typer.echo(line)
         return
     from .record import check_writable
 
@@ -336,6 +338,21 @@ def sweep(
                    "command to continue")
     if counts.get("error", 0) or (missing and not limit):
         raise typer.Exit(1)
+
+
+def _paused_line(pending: list, store, shown: int = 5) -> str | None:
+    """The dry run's line on the runs to do that are paused in their checkpoints (the sweep continues them first):
+    each with the step of its last pause in sweep.log; None where none is."""
+    from .sweep import paused_steps
+
+    paused = [c.run_id for c in pending if store.checkpoint_path(c.run_id).exists()]
+    if not paused:
+        return None
+    at = paused_steps(store)
+    named = ", ".join(f"{r} (step {at[r]:,})" if r in at else f"{r} (its step in its checkpoint)"
+                      for r in paused[:shown])
+    more = f" and {len(paused) - shown} more" if len(paused) > shown else ""
+    return f"{len(paused)} paused in checkpoints, continued first (steps of their last pause): {named}{more}"
 
 
 def _in_order(pending: list, runs_file: Path | None, priority: dict, store) -> list:

@@ -504,6 +504,13 @@ def test_a_filled_sweep_starts_what_a_plain_one_refuses_and_the_next_call_takes_
                              capture_output=True, text=True)  # the order the next call takes: the paused run first
     listed = [line for line in listing.stdout.splitlines() if line.startswith("F1-")]
     assert listed == [c.run_id for c in (later, *order[:-1])], listing.stdout
+    assert listing.stdout.strip().splitlines()[-1] == (  # and the dry run says so, at the step sweep.log gives
+        f"1 paused in checkpoints, continued first (steps of their last pause): {later.run_id} (its step in its "
+        "checkpoint)")
+    store.log_path.write_text(f"2026-12-07T09:21:00 vm 7 paused:1907 {later.run_id}\n")
+    again = subprocess.run(sweep_cmd(config, store.root, fake_fmnist_root, "--dry-run"), capture_output=True, text=True)
+    assert f"1 paused in checkpoints, continued first (steps of their last pause): {later.run_id} (step 1,907)" \
+        in again.stdout, again.stdout
     bad = subprocess.run(sweep_cmd(config, results, fake_fmnist_root, "--fill"), capture_output=True, text=True)
     assert bad.returncode == 2 and "--fill goes with --time-limit" in bad.stderr
 
