@@ -61,8 +61,8 @@ def new_kinds(runs: list[RunConfig], throughput: Throughput) -> list[RunConfig]:
     """The first run of each (network, B, NE) among `runs` without records of its kind but with a plan from the
     network's other records (a new row: Table 3's F1 row before its first record), in the runs' order, where a
     step time timed here would plan it (Throughput.could_time_here): its runs are planned at that step time
-    (Throughput.here), not at a guess from other kinds' samples a second (which on a CPU runs short for larger
-    steps: results/performance.md)."""
+    (Throughput.here), not at a guess from other kinds' samples a second (which assumes a sample costs as much at
+    every B, on the machine of the fastest record)."""
     chosen = {}
     for cfg in runs:
         if throughput.could_time_here(cfg) and throughput.seconds(cfg) is not None:
