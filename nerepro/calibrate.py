@@ -82,9 +82,9 @@ def calibrate(throughput: Throughput, runs: list[RunConfig], workers: int, threa
     of the time."""
     if not 0 < seconds < math.inf:
         raise ConfigError(f"--calibrate takes the seconds to time each kind of run, more than 0, got {seconds:g}")
-    new = new_kinds(runs, throughput)[:MAX_KINDS - 1]
-    standing = not kinds(runs, throughput)
-    recorded = (stand_ins(runs, throughput) if standing else kinds(runs, throughput))[:MAX_KINDS - len(new)]
+    new, recorded = new_kinds(runs, throughput)[:MAX_KINDS - 1], kinds(runs, throughput)
+    standing = not recorded
+    recorded = (stand_ins(runs, throughput) if standing else recorded)[:MAX_KINDS - len(new)]
     chosen = [*new, *recorded]
     if not chosen:
         return []

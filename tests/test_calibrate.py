@@ -21,6 +21,14 @@ def record(cfg, steps, wall_s, check_s, threads=1):
             "config": cfg.record_config(), "provenance": {"device_type": "cpu", "threads": threads}}
 
 
+def sweep_args(tmp_path, data_root, grid: str) -> tuple:
+    """(config, results, the sweep's arguments) of a CPU sweep of `grid` on one thread a worker."""
+    config, results = tmp_path / "grid.toml", tmp_path / "r"
+    config.write_text(grid)
+    return config, results, ["sweep", str(config), "--results", str(results), "--data-dir", str(data_root), "--device",
+                             "cpu", "--threads", "1"]
+
+
 def test_a_step_is_timed_after_the_warm_up_without_its_checks_at_the_median(monkeypatch):
     """step_seconds: each step's time from step WARMUP on less the loss checks in it, the median of them (a fake
     loop of 1 s a step, 0.25 s of it checks, a slow first step and a burst of other work at one step)."""
@@ -197,13 +205,9 @@ def test_a_time_limited_cpu_sweep_plans_at_the_records_speed_times_the_factor_it
     """With --time-limit on the CPU the sweep times each kind of run to do in its workers and logs the factor
     (`calibrated:`); each run's `planned:` seconds are the records' plan times its kind's factor. A calibration
     that fails leaves the plan at the records' speed and the sweep going. Bad input: one line, exit 2."""
-    config = tmp_path / "grid.toml"
     grid = "seeds = {}\n[settings]\nmax_steps = 40\ncheck_every = 10\n[[grid]]\nnetwork = \"F1\"\nalpha = [1.0, 1.5]\n" \
            "batch_size = [20]\n"
-    config.write_text(grid.format(1))
-    results = tmp_path / "r"
-    base = ["sweep", str(config), "--results", str(results), "--data-dir", str(fake_fmnist_root), "--device", "cpu",
-            "--threads", "1"]
+    config, results, base = sweep_args(tmp_path, fake_fmnist_root, grid.format(1))
     first = CliRunner().invoke(app, [*base, "--workers-per-device", "1"])
     assert first.exit_code == 0, first.output
     config.write_text(grid.format(3))
@@ -249,13 +253,10 @@ def test_a_time_limited_cpu_sweep_plans_a_kind_without_records_at_its_step_time_
     """A sweep whose runs to do are of a kind without records (NE at B = 20, after plain runs at B = 20) times
     that kind in its workers and plans each of its runs at the step time timed times its steps: the `planned:`
     line says `factor:here`; the dry run with --calibrate plans them alike and says so."""
-    config = tmp_path / "grid.toml"
     grid = "seeds = 2\n[settings]\nmax_steps = 40\ncheck_every = 10\n[[grid]]\nnetwork = \"F1\"\nalpha = {}\n" \
            "batch_size = 20\n"
-    config.write_text(grid.format(1.0))
-    results = tmp_path / "r"
-    base = ["sweep", str(config), "--results", str(results), "--data-dir", str(fake_fmnist_root), "--device", "cpu",
-            "--threads", "1", "--workers-per-device", "1"]
+    config, results, base = sweep_args(tmp_path, fake_fmnist_root, grid.format(1.0))
+    base = [*base, "--workers-per-device", "1"]
     assert CliRunner().invoke(app, base).exit_code == 0
     config.write_text(grid.format(1.5))
     out = CliRunner().invoke(app, [*base, "--time-limit", "1s", "--calibrate", "0.2"])
