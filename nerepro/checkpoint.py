@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -48,3 +49,27 @@ def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | Non
         warnings.warn(f"ignoring checkpoint {path}: written on {saved.get('device_type')}, running on {device.type}")
         return None
     return saved
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint holds, or None where it is missing or unreadable."""
+    try:
+        saved = torch.load(Path(path), map_location="cpu", weights_only=False)
+        return int(saved["state"]["step"])
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: no step
+        return None
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy `source` to `target` through a temporary sibling, fsynced, then renamed: never half a file."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(target)
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

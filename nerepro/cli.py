@@ -330,7 +330,7 @@ def sweep(
                f"{counts.get('diverged', 0)} diverged, {counts.get('error', 0)} error; "
                f"{len(runs) - len(missing)} of {len(runs)} runs recorded in {store.runs}")
     if limit and missing:
-        paused = sum(store.checkpoint_path(r).exists() for r in missing)
+        paused = sum(store.paused(r) for r in missing)
         head = f"time limit {limit:g} s reached after {ended - started:.0f} s" if ended >= deadline else \
             f"sweep ended after {ended - started:.0f} s of its {limit:g} s limit"  # none left fitted (or could start)
         typer.echo(f"{head}: {len(missing)} runs left "
@@ -345,7 +345,7 @@ def _paused_line(pending: list, store, shown: int = 5) -> str | None:
     each with the step of its last pause in sweep.log; None where none is."""
     from .sweep import paused_steps
 
-    paused = [c.run_id for c in pending if store.checkpoint_path(c.run_id).exists()]
+    paused = [c.run_id for c in pending if store.paused(c.run_id)]
     if not paused:
         return None
     at = paused_steps(store)
@@ -495,6 +495,27 @@ def collect(results: Annotated[Path, typer.Option(help="Results directory of a s
 
 ResultsOpt = Annotated[Path, typer.Option(help="Results directory (records in DIR/runs/, or DIR/runs.csv).")]
 OutOpt = Annotated[Optional[Path], typer.Option(help="Output directory [default: DIR/report].")]
+
+
+@app.command("keep-paused", short_help="Copy paused runs' checkpoints beside the records, to commit or move.",
+             epilog="Details: results/README.md")
+def keep_paused(results: Annotated[Path, typer.Option(help="Results directory of a sweep.")]):
+    """Copy each paused run's checkpoint into DIR/paused/ and drop the copies of runs recorded since: DIR's runs/,
+    paused/ and sweep.log, committed or copied elsewhere, let a sweep there continue the paused runs (it restores
+    the kept copies into DIR/checkpoints/ first). For a results directory that does not stay where it ran."""
+    from .errors import ResultsError
+    from .results import ResultsDir
+
+    store = ResultsDir(results)
+    if not store.runs.is_dir() and not store.checkpoints.is_dir():
+        raise ResultsError(f"{results} is not a results directory (no runs/ or checkpoints/): give the --results "
+                           "of a sweep")
+    for note in store.keep_paused():
+        typer.echo(note)
+    kept = sorted(store.kept.glob("*.pt")) if store.kept.is_dir() else []
+    size = sum(p.stat().st_size for p in kept)
+    typer.echo(f"{len(kept)} paused runs kept in {store.kept} ({size / 2 ** 20:.0f} MiB)" if kept else
+               f"no paused runs to keep in {results}")
 
 
 def _load_report_inputs(results: Path, out: Optional[Path]):

@@ -15,9 +15,12 @@ if TYPE_CHECKING:
 LIMIT_BYTES = 15 * 2 ** 20  # the most a handed-back file may have
 
 
-def copy_results(source: Path, results: Path, skip: tuple = ("checkpoints", ".locks")) -> int:
-    """A results directory's files into `results`, but not its folders `skip` (by default its checkpoints,
-    which belong to its own machine's runs, and its locks); files already there are kept. Returns the
+NOT_RESULTS = ("checkpoints", "paused", ".locks")  # a results directory's folders that hold no records
+
+
+def copy_results(source: Path, results: Path, skip: tuple = NOT_RESULTS) -> int:
+    """A results directory's files into `results`, but not its folders `skip` (by default its checkpoints and
+    their kept copies, which belong to its own machine's runs, and its locks); files already there are kept. Returns the
     records copied."""
     n = 0
     for path in sorted(source.rglob("*")):
@@ -100,7 +103,7 @@ def hand_back_results(s: Session, args, notes: list[str]) -> None:
     if results is None or not results.is_dir():
         return
     everything = [(p, "results/" + str(p.relative_to(results))) for p in sorted(results.rglob("*"))
-                  if p.is_file() and p.relative_to(results).parts[0] not in ("checkpoints", ".locks")]
+                  if p.is_file() and p.relative_to(results).parts[0] not in NOT_RESULTS]
     if not archive(s.out, "results.tar.gz", everything, notes):
         since = (s.work / "started").stat().st_mtime
         new = [(p, a) for p, a in everything if p.stat().st_mtime >= since or p.name == "sweep.log"]

@@ -4,6 +4,9 @@ Layout (README, 'Results directory'):
   DIR/runs/<run_id>.json         one record per run, written atomically
   DIR/runs/<run_id>.trace.csv.gz with --trace: every step's L_B and NE loss, written before the record
   DIR/checkpoints/<run_id>.pt    state of a run in progress; removed once its record is written
+  DIR/paused/<run_id>.pt         a kept copy of a paused run's checkpoint (`nerepro keep-paused`), to commit or
+                                 move with the records; a sweep continues the run from it where the checkpoint
+                                 is missing or behind it
   DIR/corrupt/                   unreadable records moved aside (their runs are redone)
   DIR/sweep.log                  one line per event: time, host, pid, event, run id
   DIR/.locks/<run_id>.lock       held (flock) by the process running that run
@@ -40,6 +43,7 @@ class ResultsDir:
         self.root = Path(root)
         self.runs = self.root / "runs"
         self.checkpoints = self.root / "checkpoints"
+        self.kept = self.root / "paused"
         self.corrupt = self.root / "corrupt"
         self.locks = self.root / ".locks"
         self.log_path = self.root / "sweep.log"
@@ -50,13 +54,65 @@ class ResultsDir:
     def checkpoint_path(self, run_id: str) -> Path:
         return self.checkpoints / f"{run_id}.pt"
 
+    def kept_path(self, run_id: str) -> Path:
+        return self.kept / f"{run_id}.pt"
+
+    def paused(self, run_id: str) -> bool:
+        """Whether the run has a checkpoint to continue from, here or as a kept copy (restored by prepare)."""
+        return self.checkpoint_path(run_id).exists() or self.kept_path(run_id).exists()
+
     def prepare(self) -> list[str]:
-        """Create the layout, clean up after killed writers, move corrupt records aside; returns notes."""
+        """Create the layout, clean up after killed writers, move corrupt records aside, continue paused runs
+        from their kept copies; returns notes."""
         for d in (self.runs, self.checkpoints, self.locks):
             d.mkdir(parents=True, exist_ok=True)
-        for d in (self.runs, self.checkpoints):
-            remove_stale_temp_files(d)
-        return [f"moved corrupt record aside: {note}" for note in self.move_corrupt_aside()]
+        for d in (self.runs, self.checkpoints, self.kept):
+            if d.is_dir():
+                remove_stale_temp_files(d)
+        notes = [f"moved corrupt record aside: {note}" for note in self.move_corrupt_aside()]
+        return notes + self.restore_kept()
+
+    def keep_paused(self) -> list[str]:
+        """Copy each paused run's checkpoint to DIR/paused/ (where the kept copy is missing or behind it) and drop
+        the kept copies of runs recorded since, so that the results directory's records and kept copies, copied
+        or committed elsewhere, continue every paused run there; returns a note per change."""
+        from .checkpoint import checkpoint_step, copy_atomic
+
+        done, notes = self.done(), []
+        for path in sorted(self.checkpoints.glob("*.pt")) if self.checkpoints.is_dir() else []:
+            run_id = path.stem
+            if run_id in done or (step := checkpoint_step(path)) is None:
+                continue
+            kept = checkpoint_step(self.kept_path(run_id))
+            if kept is None or kept < step:
+                copy_atomic(path, self.kept_path(run_id))
+                notes.append(f"kept {run_id} at step {step:,}" + (f" (was {kept:,})" if kept is not None else ""))
+        for path in sorted(self.kept.glob("*.pt")) if self.kept.is_dir() else []:
+            if path.stem in done:
+                path.unlink()
+                notes.append(f"dropped the kept copy of {path.stem}: recorded")
+        return notes
+
+    def restore_kept(self) -> list[str]:
+        """Continue paused runs from their kept copies: a kept copy replaces a missing, unreadable or earlier
+        checkpoint of a run not yet recorded; returns a note per run restored."""
+        from .checkpoint import checkpoint_step, copy_atomic
+
+        if not self.kept.is_dir():
+            return []
+        done, notes = self.done(), []
+        for path in sorted(self.kept.glob("*.pt")):
+            run_id = path.stem
+            if run_id in done:
+                continue
+            if (kept := checkpoint_step(path)) is None:
+                notes.append(f"ignoring the kept copy {path}: unreadable")
+                continue
+            here = checkpoint_step(self.checkpoint_path(run_id))
+            if here is None or here < kept:
+                copy_atomic(path, self.checkpoint_path(run_id))
+                notes.append(f"continuing {run_id} from its kept copy (step {kept:,})")
+        return notes
 
     def move_corrupt_aside(self) -> list[str]:
         notes = []

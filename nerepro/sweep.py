@@ -235,20 +235,20 @@ def sweep_order(runs: list[RunConfig], priority: dict) -> list[RunConfig]:
 def paused_first(runs: list[RunConfig], results: ResultsDir, priority: dict) -> list[RunConfig]:
     """`runs` in their order, but within each priority the runs paused in their checkpoints first: a sweep
     finishes what an earlier one began before it begins more."""
-    return sorted(runs, key=lambda c: (priority.get(c.run_id, 0), not results.checkpoint_path(c.run_id).exists()))
+    return sorted(runs, key=lambda c: (priority.get(c.run_id, 0), not results.paused(c.run_id)))
 
 
 PAUSED_LEFT_MIN = 0.25  # the least of its bound a paused run is given: it may be past its row's steps already
 
 
 def paused_steps(results: ResultsDir) -> dict[str, int]:
-    """run id -> the step its last pause at a time limit logged, for runs whose checkpoint is still there (a run
+    """run id -> the step its last pause at a time limit logged, for runs whose checkpoint or kept copy is still there (a run
     killed without a pause, or resumed and killed since, may be further along: its checkpoint knows)."""
     steps = {}
     for event, run_id in log_events(results):
         if event.startswith("paused:") and event[7:].isdigit():
             steps[run_id] = int(event[7:])
-    return {r: k for r, k in steps.items() if results.checkpoint_path(r).exists()}
+    return {r: k for r, k in steps.items() if results.paused(r)}
 
 
 def resumed_bound(bound: float, allowed_steps: int, done: int) -> float:

@@ -14,7 +14,8 @@
 # into the checkout's results directory. Workers are single-threaded, one per core by default (the CPU's
 # best throughput for F1, results/performance.md), niced. A run is started only if its estimated time fits
 # what is left of TIME (the sweep's --time-limit); a run still going at the limit pauses in its checkpoint
-# (results/f1/checkpoints/, not committed) and the next call continues it, paused runs first; with FILL=1 every
+# (results/f1/checkpoints/, ignored), copied at the end into results/f1/paused/ (`nerepro keep-paused`: commit it
+# with the records), and the next call continues it, paused runs first, here or in a fresh checkout; with FILL=1 every
 # run is started until 10 minutes (a quarter of a shorter TIME) before the pause, so the cores work to the end.
 # The plan is printed first: the records' fastest speed scaled to this machine's by CALIBRATE seconds (default
 # 10) of training each kind of run to do here, the workers side by side (`--calibrate`; the sweep times them
@@ -60,6 +61,10 @@ run() {  # nerepro from the worktree, writing into the checkout's results
 }
 echo "f1-cpu: commit ${commit:0:10}, $CONFIG priorities <= $PRIORITY -> $RESULTS, $WORKERS worker(s) x $THREADS thread(s), for $TIME"
 run --dry-run --calibrate "$CALIBRATE"
-run --time-limit "$TIME" --calibrate "$CALIBRATE" $fill
-exit
+status=0
+run --time-limit "$TIME" --calibrate "$CALIBRATE" $fill || status=$?
+# the paused runs' checkpoints beside the records ($RESULTS/paused/): committed or copied with them, they
+# continue the runs in another checkout or on another machine
+(cd "$tree" && PYTHONPATH="$tree" "$PYTHON" -m nerepro keep-paused --results "$results")
+exit $status
 }

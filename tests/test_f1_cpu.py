@@ -47,6 +47,7 @@ def test_f1_cpu_runs_the_head_commit_into_the_checkouts_results(tmp_path, fake_f
     for r in records:
         prov = r["provenance"]
         assert prov["git_commit"] == head and prov["git_dirty"] is False and prov["threads"] == 1
+    assert lines[-1] == f"no paused runs to keep in {results}"  # the sweep's last word: nothing left paused
     again = subprocess.run([str(REPO / "scripts" / "f1_cpu.sh")], capture_output=True, text=True, env=env,
                            timeout=300)
     assert again.returncode == 0 and "0 runs to do" in again.stdout

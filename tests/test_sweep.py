@@ -534,6 +534,53 @@ def test_a_paused_runs_bound_counts_the_steps_it_has_left(tmp_path):
         pytest.approx(1200.0 * PAUSED_LEFT_MIN)  # near or past its allowed steps: never less than this
 
 
+def test_kept_copies_continue_paused_runs_in_a_fresh_copy_of_the_results(tmp_path):
+    """`nerepro keep-paused` copies paused runs' checkpoints into DIR/paused/ and drops those of runs recorded
+    since; a copy of DIR without its checkpoints (a fresh checkout of committed results) continues the paused run
+    from its kept copy to the record an uninterrupted run writes, and a kept copy never sets a run back."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from nerepro.cli import _paused_line, app
+
+    data = synthetic_data(noise=1.0)
+    a = RunConfig(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=90, device="cpu")
+    b = a.replace(seed=1)
+    whole = train(a, data=data)
+    store = ResultsDir(tmp_path / "here")
+    store.prepare()
+    train_killed_at(a, data, store.checkpoint_path(a.run_id), step=60)  # paused at step 50
+    train_killed_at(b, data, store.checkpoint_path(b.run_id), step=30)  # paused at step 20
+    out = CliRunner().invoke(app, ["keep-paused", "--results", str(store.root)])
+    assert out.exit_code == 0, out.output
+    assert f"kept {a.run_id} at step 50" in out.output and f"kept {b.run_id} at step 20" in out.output
+    assert "2 paused runs kept in" in out.output
+    for cfg in (a, b):
+        assert store.kept_path(cfg.run_id).read_bytes() == store.checkpoint_path(cfg.run_id).read_bytes()
+    store.write(train(b, data=data, checkpoint=store.checkpoint_path(b.run_id)))  # b finishes here
+    assert store.keep_paused() == [f"dropped the kept copy of {b.run_id}: recorded"]  # a's copy is current
+    assert not store.kept_path(b.run_id).exists() and store.kept_path(a.run_id).exists()
+
+    fresh = ResultsDir(tmp_path / "fresh")  # what a commit holds: records, kept copies, the log; no checkpoints
+    shutil.copytree(store.root, fresh.root, ignore=shutil.ignore_patterns("checkpoints", ".locks"))
+    assert fresh.paused(a.run_id) and not fresh.checkpoint_path(a.run_id).exists()
+    assert _paused_line([a], fresh).startswith("1 paused in checkpoints, continued first")
+    assert fresh.prepare() == [f"continuing {a.run_id} from its kept copy (step 50)"]
+    saved_50 = fresh.checkpoint_path(a.run_id).read_bytes()
+    train_killed_at(a, data, fresh.checkpoint_path(a.run_id), step=80)  # on from 50, paused again at 70
+    assert fresh.prepare() == []  # the checkpoint is further along than the kept copy: it stays
+    assert fresh.keep_paused() == [f"kept {a.run_id} at step 70 (was 50)"]
+    fresh.checkpoint_path(a.run_id).write_bytes(saved_50)  # a checkpoint behind its kept copy
+    assert fresh.prepare() == [f"continuing {a.run_id} from its kept copy (step 70)"]
+    record = train(a, data=data, checkpoint=fresh.checkpoint_path(a.run_id))
+    assert record["resumes"] == 2 and strip(record) == strip(whole)
+    fresh.write(record)
+    assert fresh.keep_paused() == [f"dropped the kept copy of {a.run_id}: recorded"]
+    bad = CliRunner().invoke(app, ["keep-paused", "--results", str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "is not a results directory" in bad.output
+
+
 def test_replay_says_whether_this_machine_computes_what_a_record_did(tmp_path, fake_fmnist_root, capsys):
     """scripts/replay.py trains a recorded run's first steps again and compares them with the record: every step's
     L_B against a traced run's trace, the mean L_B at each check otherwise; a value changed in the last bits parts
