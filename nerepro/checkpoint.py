@@ -51,12 +51,16 @@ def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | Non
     return saved
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The step a checkpoint holds, or None where it is missing or unreadable."""
+def checkpoint_step(path: Path, run_id: str) -> tuple[int, str] | None:
+    """(step, device type) of a checkpoint of `run_id` that this version can continue from, or None where it is
+    missing, unreadable, of another run or of another format. Read as weights only (tensors and plain data, no
+    code): a kept copy that arrived from elsewhere is vetted by this before a sweep restores it."""
     try:
-        saved = torch.load(Path(path), map_location="cpu", weights_only=False)
-        return int(saved["state"]["step"])
-    except Exception:  # noqa: BLE001 - missing, truncated or foreign: no step
+        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if saved.get("format") != FORMAT or saved.get("run_id") != run_id:
+            return None
+        return int(saved["state"]["step"]), str(saved.get("device_type", "cpu"))
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: nothing to continue from
         return None
 
 

@@ -6,7 +6,7 @@ Layout (README, 'Results directory'):
   DIR/checkpoints/<run_id>.pt    state of a run in progress; removed once its record is written
   DIR/paused/<run_id>.pt         a kept copy of a paused run's checkpoint (`nerepro keep-paused`), to commit or
                                  move with the records; a sweep continues the run from it where the checkpoint
-                                 is missing or behind it
+                                 is missing, unusable or behind it
   DIR/corrupt/                   unreadable records moved aside (their runs are redone)
   DIR/sweep.log                  one line per event: time, host, pid, event, run id
   DIR/.locks/<run_id>.lock       held (flock) by the process running that run
@@ -73,29 +73,34 @@ class ResultsDir:
         return notes + self.restore_kept()
 
     def keep_paused(self) -> list[str]:
-        """Copy each paused run's checkpoint to DIR/paused/ (where the kept copy is missing or behind it) and drop
-        the kept copies of runs recorded since, so that the results directory's records and kept copies, copied
-        or committed elsewhere, continue every paused run there; returns a note per change."""
+        """Copy each paused run's checkpoint to DIR/paused/ where the kept copy is missing, unusable or at an
+        earlier step, and drop the kept copies of runs recorded since, so that the results directory's records and
+        kept copies, copied or committed elsewhere, continue every paused run there; returns a note per change."""
         from .checkpoint import checkpoint_step, copy_atomic
 
         done, notes = self.done(), []
         for path in sorted(self.checkpoints.glob("*.pt")) if self.checkpoints.is_dir() else []:
             run_id = path.stem
-            if run_id in done or (step := checkpoint_step(path)) is None:
+            if run_id in done or (here := checkpoint_step(path, run_id)) is None:
                 continue
-            kept = checkpoint_step(self.kept_path(run_id))
-            if kept is None or kept < step:
-                copy_atomic(path, self.kept_path(run_id))
-                notes.append(f"kept {run_id} at step {step:,}" + (f" (was {kept:,})" if kept is not None else ""))
+            kept = checkpoint_step(self.kept_path(run_id), run_id)
+            if kept is None or kept[0] < here[0]:
+                try:
+                    copy_atomic(path, self.kept_path(run_id))
+                except FileNotFoundError:  # recorded meanwhile by a sweep still running here: nothing to keep
+                    continue
+                notes.append(f"kept {run_id} at step {here[0]:,}" + (f" (was {kept[0]:,})" if kept else ""))
         for path in sorted(self.kept.glob("*.pt")) if self.kept.is_dir() else []:
             if path.stem in done:
-                path.unlink()
+                path.unlink(missing_ok=True)
                 notes.append(f"dropped the kept copy of {path.stem}: recorded")
         return notes
 
     def restore_kept(self) -> list[str]:
-        """Continue paused runs from their kept copies: a kept copy replaces a missing, unreadable or earlier
-        checkpoint of a run not yet recorded; returns a note per run restored."""
+        """Continue paused runs from their kept copies: a usable kept copy replaces a checkpoint of a run not yet
+        recorded where that is missing or unusable, or at an earlier step on the same device type (a checkpoint
+        of another device type is left alone: the device that runs it decides), under the run's lock (a run
+        another process trains is never touched); returns a note per run restored or kept copy ignored."""
         from .checkpoint import checkpoint_step, copy_atomic
 
         if not self.kept.is_dir():
@@ -105,13 +110,16 @@ class ResultsDir:
             run_id = path.stem
             if run_id in done:
                 continue
-            if (kept := checkpoint_step(path)) is None:
-                notes.append(f"ignoring the kept copy {path}: unreadable")
+            if (kept := checkpoint_step(path, run_id)) is None:
+                notes.append(f"ignoring the kept copy {path}: unreadable, or of another run or version")
                 continue
-            here = checkpoint_step(self.checkpoint_path(run_id))
-            if here is None or here < kept:
-                copy_atomic(path, self.checkpoint_path(run_id))
-                notes.append(f"continuing {run_id} from its kept copy (step {kept:,})")
+            with self.claim(run_id) as mine:
+                if not mine:
+                    continue
+                here = checkpoint_step(self.checkpoint_path(run_id), run_id)
+                if here is None or (here[1] == kept[1] and here[0] < kept[0]):
+                    copy_atomic(path, self.checkpoint_path(run_id))
+                    notes.append(f"continuing {run_id} from its kept copy (step {kept[0]:,})")
         return notes
 
     def move_corrupt_aside(self) -> list[str]:
@@ -138,10 +146,12 @@ class ResultsDir:
         return done
 
     def write(self, record: dict) -> Path:
-        """Write a record atomically, then drop the run's checkpoint (never the other way round)."""
+        """Write a record atomically, then drop the run's checkpoint and its kept copy (never the other way round;
+        an error record too: its run is retried from the start)."""
         path = self.record_path(record["run_id"])
         path = write_json_atomic(path, write_record_trace(record, path))
         self.checkpoint_path(record["run_id"]).unlink(missing_ok=True)
+        self.kept_path(record["run_id"]).unlink(missing_ok=True)
         self.log(f"recorded:{record['status']}", record["run_id"])
         return path
 

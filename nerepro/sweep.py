@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from . import data as datasets
+from .checkpoint import checkpoint_step
 from .config import RunConfig
 from .cost import Throughput, estimated_device_bytes, estimated_pack_bytes, estimated_samples, observed_in
 from .errors import ConfigError, ResultsError
@@ -248,7 +249,12 @@ def paused_steps(results: ResultsDir) -> dict[str, int]:
     for event, run_id in log_events(results):
         if event.startswith("paused:") and event[7:].isdigit():
             steps[run_id] = int(event[7:])
-    return {r: k for r, k in steps.items() if results.paused(r)}
+    steps = {r: k for r, k in steps.items() if results.paused(r)}
+    for run_id, k in steps.items():  # only a kept copy, which may be older than the last pause: the earlier step
+        if not results.checkpoint_path(run_id).exists() and (kept := checkpoint_step(results.kept_path(run_id),
+                                                                                      run_id)):
+            steps[run_id] = min(k, kept[0])
+    return steps
 
 
 def resumed_bound(bound: float, allowed_steps: int, done: int) -> float:

@@ -65,6 +65,7 @@ status=0
 run --time-limit "$TIME" --calibrate "$CALIBRATE" $fill || status=$?
 # the paused runs' checkpoints beside the records ($RESULTS/paused/): committed or copied with them, they
 # continue the runs in another checkout or on another machine
-(cd "$tree" && PYTHONPATH="$tree" "$PYTHON" -m nerepro keep-paused --results "$results")
+(cd "$tree" && PYTHONPATH="$tree" "$PYTHON" -m nerepro keep-paused --results "$results") ||
+  echo "f1-cpu: keep-paused failed: run 'nerepro keep-paused --results $RESULTS' before this checkout goes" >&2
 exit $status
 }

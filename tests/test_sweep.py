@@ -543,6 +543,7 @@ def test_kept_copies_continue_paused_runs_in_a_fresh_copy_of_the_results(tmp_pat
     from typer.testing import CliRunner
 
     from nerepro.cli import _paused_line, app
+    from nerepro.sweep import paused_steps
 
     data = synthetic_data(noise=1.0)
     a = RunConfig(network="F1", alpha=1.5, batch_size=50, check_every=10, check_chunk=40, max_steps=90, device="cpu")
@@ -558,25 +559,41 @@ def test_kept_copies_continue_paused_runs_in_a_fresh_copy_of_the_results(tmp_pat
     assert "2 paused runs kept in" in out.output
     for cfg in (a, b):
         assert store.kept_path(cfg.run_id).read_bytes() == store.checkpoint_path(cfg.run_id).read_bytes()
-    store.write(train(b, data=data, checkpoint=store.checkpoint_path(b.run_id)))  # b finishes here
-    assert store.keep_paused() == [f"dropped the kept copy of {b.run_id}: recorded"]  # a's copy is current
+    b_kept = store.kept_path(b.run_id).read_bytes()
+    store.write(train(b, data=data, checkpoint=store.checkpoint_path(b.run_id)))  # b finishes: its copy goes
     assert not store.kept_path(b.run_id).exists() and store.kept_path(a.run_id).exists()
+    store.kept_path(b.run_id).write_bytes(b_kept)  # a stale copy (e.g. from an older commit of the results)
+    assert store.keep_paused() == [f"dropped the kept copy of {b.run_id}: recorded"]  # a's copy is current
 
     fresh = ResultsDir(tmp_path / "fresh")  # what a commit holds: records, kept copies, the log; no checkpoints
     shutil.copytree(store.root, fresh.root, ignore=shutil.ignore_patterns("checkpoints", ".locks"))
+    fresh.log("paused:60", a.run_id)  # a later pause than the kept copy's: the copy's step is what is left
+    assert paused_steps(fresh) == {a.run_id: 50}
     assert fresh.paused(a.run_id) and not fresh.checkpoint_path(a.run_id).exists()
     assert _paused_line([a], fresh).startswith("1 paused in checkpoints, continued first")
+    c = a.replace(seed=2)
+    fresh.kept_path(c.run_id).write_bytes(fresh.kept_path(a.run_id).read_bytes())  # another run's state
+    with fresh.claim(a.run_id) as held:  # a run another process trains is never touched
+        assert held and fresh.prepare() == [f"ignoring the kept copy {fresh.kept_path(c.run_id)}: unreadable, or "
+                                            "of another run or version"]
+    assert not fresh.checkpoint_path(a.run_id).exists() and not fresh.checkpoint_path(c.run_id).exists()
+    fresh.kept_path(c.run_id).unlink()
     assert fresh.prepare() == [f"continuing {a.run_id} from its kept copy (step 50)"]
     saved_50 = fresh.checkpoint_path(a.run_id).read_bytes()
     train_killed_at(a, data, fresh.checkpoint_path(a.run_id), step=80)  # on from 50, paused again at 70
     assert fresh.prepare() == []  # the checkpoint is further along than the kept copy: it stays
     assert fresh.keep_paused() == [f"kept {a.run_id} at step 70 (was 50)"]
     fresh.checkpoint_path(a.run_id).write_bytes(saved_50)  # a checkpoint behind its kept copy
+    kept_70 = fresh.kept_path(a.run_id).read_bytes()
+    on_gpu = torch.load(fresh.kept_path(a.run_id), weights_only=False) | {"device_type": "cuda"}
+    torch.save(on_gpu, fresh.kept_path(a.run_id))  # further along, but of another device type: left alone
+    assert fresh.prepare() == [] and fresh.checkpoint_path(a.run_id).read_bytes() == saved_50
+    fresh.kept_path(a.run_id).write_bytes(kept_70)
     assert fresh.prepare() == [f"continuing {a.run_id} from its kept copy (step 70)"]
     record = train(a, data=data, checkpoint=fresh.checkpoint_path(a.run_id))
     assert record["resumes"] == 2 and strip(record) == strip(whole)
     fresh.write(record)
-    assert fresh.keep_paused() == [f"dropped the kept copy of {a.run_id}: recorded"]
+    assert not fresh.kept_path(a.run_id).exists() and fresh.keep_paused() == []
     bad = CliRunner().invoke(app, ["keep-paused", "--results", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "is not a results directory" in bad.output
 
