@@ -198,8 +198,8 @@ def sweep(
     fill: Annotated[bool, typer.Option(
         help="With --time-limit: start every run while a quarter of the time (at most 10 min) is left, whether it "
              "can finish or not; the limit pauses it in its checkpoint and the next call continues it (a machine "
-             "whose results directory stays, worked in stretches; not a lease whose checkpoints may not come "
-             "back).")] = False,
+             "worked in stretches whose results directory stays, or whose paused runs are kept: keep-paused; not a "
+             "lease whose checkpoints may not come back).")] = False,
     calibrate: Annotated[Optional[float], typer.Option(
         help="On the CPU: first train each kind of run to do (network, B, NE or not) for about this many seconds, "
              "the workers side by side, and plan at the records' speed times this machine's step time over "
