@@ -70,7 +70,7 @@ def test_gpu_session_rehearsal_on_the_cpu(tmp_path):
         names = tar.getnames()
     committed = {p.name for p in (REPO / "results" / "f1" / "runs").glob("*.json")}
     assert {f"results/runs/{n}" for n in committed} <= set(names)  # results/f1 by default, handed back with the new
-    assert not [n for n in names if "checkpoints" in n or ".locks" in n]
+    assert not [n for n in names if "checkpoints" in n or "paused/" in n or ".locks" in n]
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [(b["network"], b["runs"]) for b in bench] == [("F1", 2)]
 
