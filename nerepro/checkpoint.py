@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
-from .record import temp_path
+from .record import replace_atomically
 
 FORMAT = 2  # 2: no sampler state (minibatches are a function of the step: sampling.py)
 
@@ -17,19 +16,10 @@ FORMAT = 2  # 2: no sampler state (minibatches are a function of the step: sampl
 def save_checkpoint(path: Path, run_id: str, model, optimizer, state: dict, **beside) -> None:
     """Model, optimizer and run state, replaced atomically; `beside`: more entries of the saved dict, which code
     that does not know them ignores (train.BOOKKEEPING)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        device_type = next(model.parameters()).device.type
-        torch.save({"format": FORMAT, "run_id": run_id, "device_type": device_type, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "state": state, **beside}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    device_type = next(model.parameters()).device.type
+    saved = {"format": FORMAT, "run_id": run_id, "device_type": device_type, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "state": state, **beside}
+    replace_atomically(path, lambda tmp: torch.save(saved, tmp))
 
 
 def load_checkpoint(path: Path, run_id: str, device: torch.device) -> dict | None:
@@ -65,15 +55,5 @@ def checkpoint_step(path: Path, run_id: str) -> tuple[int, str] | None:
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    """Copy `source` to `target` through a temporary sibling, fsynced, then renamed: never half a file."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(target)
-    try:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Copy `source` to `target` atomically (replace_atomically): never half a file."""
+    replace_atomically(target, lambda tmp: shutil.copyfile(source, tmp))

@@ -512,7 +512,7 @@ def keep_paused(results: Annotated[Path, typer.Option(help="Results directory of
                            "of a sweep")
     for note in store.keep_paused():
         typer.echo(note)
-    kept = sorted(store.kept.glob("*.pt")) if store.kept.is_dir() else []
+    kept = sorted(store.kept.glob("*.pt"))
     size = sum(p.stat().st_size for p in kept)
     typer.echo(f"{len(kept)} paused runs kept in {store.kept} ({size / 2 ** 20:.0f} MiB)" if kept else
                f"no paused runs to keep in {results}")

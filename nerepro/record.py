@@ -31,22 +31,31 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.tmp")
 
 
-def write_json_atomic(path: Path, obj: dict) -> Path:
-    """Write to a temporary file in the same directory, fsync, then rename: readers never see half a file."""
+def replace_atomically(path: Path, write) -> Path:
+    """`write(tmp)` a temporary sibling of `path`, fsync it, then rename it to `path`: readers never see half a
+    file, and a failed write leaves no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: Path, obj: dict) -> Path:
+    """Write `obj` as JSON atomically (replace_atomically)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+
+    return replace_atomically(path, write)
 
 
 def remove_stale_temp_files(directory: Path) -> list[Path]:

@@ -79,7 +79,7 @@ class ResultsDir:
         from .checkpoint import checkpoint_step, copy_atomic
 
         done, notes = self.done(), []
-        for path in sorted(self.checkpoints.glob("*.pt")) if self.checkpoints.is_dir() else []:
+        for path in sorted(self.checkpoints.glob("*.pt")):  # none where the folder is missing
             run_id = path.stem
             if run_id in done or (here := checkpoint_step(path, run_id)) is None:
                 continue
@@ -90,7 +90,7 @@ class ResultsDir:
                 except FileNotFoundError:  # recorded meanwhile by a sweep still running here: nothing to keep
                     continue
                 notes.append(f"kept {run_id} at step {here[0]:,}" + (f" (was {kept[0]:,})" if kept else ""))
-        for path in sorted(self.kept.glob("*.pt")) if self.kept.is_dir() else []:
+        for path in sorted(self.kept.glob("*.pt")):
             if path.stem in done:
                 path.unlink(missing_ok=True)
                 notes.append(f"dropped the kept copy of {path.stem}: recorded")
