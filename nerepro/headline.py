@@ -46,6 +46,12 @@ def _values(runs: pd.DataFrame, alpha: float, batch_size: int, metric: str) -> n
     return pd.to_numeric(cell[metric], errors="coerce").dropna().to_numpy(float)
 
 
+def _rows_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs at Table 2's two F1 rows, of every reading."""
+    at = [(runs["alpha"] == alpha) & (runs["batch_size"] == b) for alpha, b in (PLAIN, NE)]
+    return runs[(runs["network"] == "F1") & (at[0] | at[1])]
+
+
 def mean_interval(x: np.ndarray) -> tuple[float, float, float, float]:
     """(mean, std, low, high): the 95% t interval of the mean; NaN where n < 2."""
     if len(x) == 0:
@@ -201,8 +207,8 @@ def write_headline(results: Results, out: Path) -> str | None:
         lines += [markdown(["reading", "n (NE vs plain)", "steps ratio", "95% CI", "paper", "Welch p (steps)",
                             "median ratio", "Mann-Whitney p", "Δ test acc (pp)", "95% CI", "paper",
                             "what the interval says"], table), ""]
-    if results.provenance():
-        lines[1:1] = ["", results.provenance()]
+    if provenance := Results(_rows_runs(results.runs)).provenance():  # of the runs in these rows only
+        lines[1:1] = ["", provenance]
     text = "\n".join(lines)
     (out / "headline.md").write_text(text)
     return text

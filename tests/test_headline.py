@@ -103,6 +103,21 @@ def test_headline_rows_and_claim(tmp_path):
         is None and not (tmp_path / "headline.md").exists()
 
 
+def test_the_headline_names_the_code_of_its_rows_runs_only(tmp_path):
+    frame = runs([10251, 10988], [9915, 9285], [90.33, 90.2], [90.34, 90.0])
+    other = frame.iloc[:2].assign(alpha=3.0, batch_size=5000)  # Table 3's row: not in the headline
+    frame = pd.concat([frame, other], ignore_index=True)
+    frame["run_id"] = [f"r{i}" for i in range(len(frame))]
+    frame["provenance_git_dirty"] = False
+    frame["provenance_git_commit"] = ["a" * 40] * 4 + ["b" * 40] * 2
+    assert Results(frame).provenance().startswith("Provenance: the runs come from 2 commits")
+    assert "Provenance" not in write_headline(Results(frame), tmp_path)  # its rows: one clean commit
+    frame.loc[1, "provenance_git_commit"] = "c" * 40
+    text = write_headline(Results(frame), tmp_path)
+    assert "Provenance: the runs come from 2 commits: aaaaaaa (3 runs), ccccccc (1 run)." in text
+    assert "bbbbbbb" not in text
+
+
 def test_the_readme_claim_line_gives_the_ratio_welch_p_and_the_accuracy_difference():
     ne, plain = np.array([9915.0, 9285, 9885, 9480]), np.array([10251.0, 10787, 10586, 9514, 11189])
     acc_ne, acc_plain = np.array([90.34, 90.0, 90.39, 90.39]), np.array([90.33, 90.29, 90.06, 90.23, 90.38])
