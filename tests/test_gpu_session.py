@@ -56,7 +56,12 @@ def test_gpu_session_rehearsal_on_the_cpu(tmp_path):
     assert all(size <= LIMIT for size in files.values()), files
     lines = summary.splitlines()
     assert lines[0] == "# GPU session: nerepro" and lines[2].startswith("**Rows finished:**"), summary
-    assert "Table 3: F1, alpha = 3 at B = 5000, default reading (0 of 1: the plan did not fit it" in summary
+    runs, _ = planned_runs([REPO / "configs" / "f1.toml"], 1, ["F1"], None)
+    recorded = ResultsDir(REPO / "results" / "f1").done()  # the copy the session starts from
+    for i, (label, *_) in enumerate(ROWS):  # seed 0 of each row: recorded there, or not fitted in 120 s
+        ids = [c.run_id for c in runs if row_of(c) == i]
+        done = sum(r in recorded for r in ids)
+        assert f"{label} ({done} of 1" + (")" if done else ": the plan did not fit it") in summary, summary
     steps = rows(summary)
     assert steps[:4] == ["data", "results-from", "gate", "sweep"], steps  # the data first, the pack test before the sweep
     assert "| gate | not run: no CUDA device (rehearsal); packs off |" in summary
@@ -73,6 +78,42 @@ def test_gpu_session_rehearsal_on_the_cpu(tmp_path):
     assert not [n for n in names if "checkpoints" in n or "paused/" in n or ".locks" in n]
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [(b["network"], b["runs"]) for b in bench] == [("F1", 2)]
+
+
+def test_the_summary_says_which_rows_finished_and_why_the_others_did_not(tmp_path):
+    from nerepro.grid import load_plan
+    from nerepro.lease_plan import Plan, RowOutcome
+    from nerepro.session import Step, rows_lines
+
+    config = tmp_path / "rows.toml"  # Table 2's and Table 3's F1 rows under the default reading, 2 seeds
+    config.write_text("seeds = 2\n" + "".join(f'[[grid]]\nnetwork = "F1"\nalpha = {a}\nbatch_size = {b}\n'
+                                              for a, b in ((1.0, 900), (1.5, 2000), (3.0, 5000))))
+    args = argparse.Namespace(configs=[config], seeds=2)
+    ids = {}
+    for _, c in load_plan([config], 2):
+        ids.setdefault(row_of(c), []).append(c.run_id)
+    assert sorted(ids) == [0, 1, 2]
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    for run_id, status in ((ids[0][0], "converged"), (ids[0][1], "not_converged"), (ids[1][0], "converged")):
+        (results / "runs" / f"{run_id}.json").write_text(json.dumps({"status": status}))
+    labels = [label for label, *_ in ROWS]
+
+    def lines(plan_done, ended, gate_off=False):
+        plan = Plan(1, 1, "", rows=tuple(RowOutcome(labels[i], 2 - (i == 1), plan_done, None) for i in (1, 2)))
+        return rows_lines(results, args, ROWS, plan, ended, gate_off)
+
+    ok = Step("sweep", "exit 0", rc=0)
+    assert lines(0, ok) == [f"**Rows finished:** {labels[0]} (2 of 2).",
+                            f"**Not finished:** {labels[1]} (1 of 2: the plan did not fit it in the time); "
+                            f"{labels[2]} (0 of 2: the plan did not fit it in the time)."]
+    assert "(0 of 2: the plan did not fit it in the time without packs (the gate turned them off))" in \
+        lines(0, ok, gate_off=True)[1]
+    assert f"{labels[2]} (0 of 2: slower than planned (its runs were planned to finish))" in lines(2, ok)[1]
+    assert f"{labels[2]} (0 of 2: the sweep time limit)" in lines(2, Step("sweep", "time limit", rc=124))[1]
+    assert f"{labels[2]} (0 of 2: no sweep ran)" in lines(2, None)[1]
+    (results / "runs" / f"{ids[1][1]}.json").write_text(json.dumps({"status": "error"}))
+    assert f"{labels[1]} (1 of 2: 1 error records)" in lines(0, ok)[1]
 
 
 def test_with_the_data_hidden_the_session_stops_at_once_and_says_how_to_fix_it(tmp_path):
@@ -464,7 +505,9 @@ def test_the_plan_command_says_which_rows_finish_and_skips_results_f1_by_default
     for block in blocks[1:]:
         lines = [line.strip() for line in block.splitlines()[1:] if line.strip()]
         assert len(lines) == len(left) and all(line.startswith(f"{label}: ") for line, label in zip(lines, left)), block
-    assert "Table 3: F1, alpha = 3 at B = 5000, default reading: 10 runs, finishes" in blocks[1], blocks[1]
+    table_3 = sum(row_of(c) == 2 and c.run_id not in recorded for c in runs)
+    if table_3:
+        assert f"{ROWS[2][0]}: {table_3} runs, finishes" in blocks[1], blocks[1]
 
 
 def test_sweep_runs_file_gives_the_order_and_refuses_unknown_ids(tmp_path, fake_fmnist_root):
