@@ -40,16 +40,14 @@ def paper_row(alpha: float, batch_size: int) -> dict:
     raise KeyError((alpha, batch_size))
 
 
+def _at(runs: pd.DataFrame, alpha: float, batch_size: int) -> pd.Series:
+    """Which runs are F1's at (alpha, B)."""
+    return (runs["network"] == "F1") & (runs["alpha"] == alpha) & (runs["batch_size"] == batch_size)
+
+
 def _values(runs: pd.DataFrame, alpha: float, batch_size: int, metric: str) -> np.ndarray:
-    cell = runs[(runs["network"] == "F1") & (runs["alpha"] == alpha) & (runs["batch_size"] == batch_size)
-                & (runs["status"] == "converged")]
+    cell = runs[_at(runs, alpha, batch_size) & (runs["status"] == "converged")]
     return pd.to_numeric(cell[metric], errors="coerce").dropna().to_numpy(float)
-
-
-def _rows_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs at Table 2's two F1 rows, of every reading."""
-    at = [(runs["alpha"] == alpha) & (runs["batch_size"] == b) for alpha, b in (PLAIN, NE)]
-    return runs[(runs["network"] == "F1") & (at[0] | at[1])]
 
 
 def mean_interval(x: np.ndarray) -> tuple[float, float, float, float]:
@@ -207,7 +205,8 @@ def write_headline(results: Results, out: Path) -> str | None:
         lines += [markdown(["reading", "n (NE vs plain)", "steps ratio", "95% CI", "paper", "Welch p (steps)",
                             "median ratio", "Mann-Whitney p", "Δ test acc (pp)", "95% CI", "paper",
                             "what the interval says"], table), ""]
-    if provenance := Results(_rows_runs(results.runs)).provenance():  # of the runs in these rows only
+    rows_runs = results.runs[_at(results.runs, *PLAIN) | _at(results.runs, *NE)]  # of every reading
+    if provenance := Results(rows_runs).provenance():  # the code of these rows' runs only
         lines[1:1] = ["", provenance]
     text = "\n".join(lines)
     (out / "headline.md").write_text(text)
