@@ -88,7 +88,8 @@ def load_results(root: Path | str) -> Results:
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, network, alpha, B): counts by status and mean/std/n over converged runs; no wall
-    time where those runs ran on more than one device."""
+    time where those runs ran on more than one device; L(w) at the stop in units of L** (median, max and the
+    number of converged runs whose L(w) was not below L**), where the records give it."""
     keys = ["variant", "network", "alpha", "batch_size"]
     rows = []
     for key, group in runs.groupby(keys, sort=True):
@@ -102,8 +103,27 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 values = values.iloc[:0]  # seconds on different devices do not average (coverage_notes says where)
             row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
             row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        row.update(stop_over_l_star_star(ok))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stop_over_l_star_star(converged: pd.DataFrame) -> dict:
+    """L(w) at the stopping step over L**, for converged runs: a reading other than L(w) (an epoch's mean NE
+    loss, say) can meet L** while L(w) is far above it. L(w) is `train_loss_full`, or the reading itself
+    (`train_loss`) where the run read L(w) (`stop_loss = full`, the default of records that do not name one)."""
+    if "l_star_star" not in converged:
+        return {"stop_ratio_median": np.nan, "stop_ratio_max": np.nan, "n_stop_above": 0, "n_stop_ratio": 0}
+    column = lambda name: pd.to_numeric(converged.get(name, pd.Series(np.nan, index=converged.index)),  # noqa: E731
+                                        errors="coerce")
+    reading = converged.get("stop_loss", pd.Series(None, index=converged.index, dtype=object))
+    read_full = reading.isna() | (reading == "full")
+    full = column("train_loss_full")
+    loss = full.where(full.notna() | ~read_full, column("train_loss"))
+    ratio = (loss / pd.to_numeric(converged["l_star_star"], errors="coerce")).dropna()
+    return {"stop_ratio_median": ratio.median() if len(ratio) else np.nan,
+            "stop_ratio_max": ratio.max() if len(ratio) else np.nan,
+            "n_stop_above": int((ratio >= 1).sum()), "n_stop_ratio": len(ratio)}
 
 
 def devices(runs: pd.DataFrame) -> list[str]:

@@ -17,12 +17,13 @@ from .paper import TABLE_1, table_2 as paper_table_2, table_3 as paper_table_3
 from .report import Results, best_batch_size, grid_batch_sizes, large_batch_size, summarize
 from .results import DEFAULT_VARIANT
 
+STOP_COLUMNS = ["stop_ratio_median", "stop_ratio_max", "n_stop_above", "n_stop_ratio"]
 TABLE_2_COLUMNS = ["network", "alpha", "b_opt", "test_acc_mean", "test_acc_std", "convergence_steps_mean",
                    "convergence_steps_std", "n", "n_runs", "n_not_converged", "n_diverged", "n_error",
-                   "samples_processed_mean", "samples_processed_std", "wall_s_mean"]
+                   "samples_processed_mean", "samples_processed_std", "wall_s_mean", *STOP_COLUMNS]
 TABLE_3_COLUMNS = ["network", "setting", "batch_size", "alpha", "test_acc_mean", "test_acc_std", "n", "n_runs",
                    "convergence_steps_mean", "samples_processed_mean", "wall_s_mean", "paper_batch_size", "paper_alpha",
-                   "paper_test_acc_mean", "paper_test_acc_std", "test_acc_diff_in_paper_std"]
+                   "paper_test_acc_mean", "paper_test_acc_std", "test_acc_diff_in_paper_std", *STOP_COLUMNS]
 PAPER_2 = ["paper_b_opt", "paper_test_acc_mean", "paper_test_acc_std", "paper_convergence_steps_mean",
            "paper_convergence_steps_std", "test_acc_diff_in_paper_std", "convergence_steps_diff_in_paper_std"]
 
@@ -96,7 +97,8 @@ def table_3(results: Results, variant: str) -> pd.DataFrame:
             row = {"network": network, "setting": setting, "batch_size": int(best["batch_size"]),
                    "alpha": best["alpha"], "test_acc_mean": best["test_acc_mean"], "test_acc_std": best["test_acc_std"],
                    "n": best["n"], "n_runs": best["n_runs"], "convergence_steps_mean": best["convergence_steps_mean"],
-                   "samples_processed_mean": best["samples_processed_mean"], "wall_s_mean": best["wall_s_mean"]}
+                   "samples_processed_mean": best["samples_processed_mean"], "wall_s_mean": best["wall_s_mean"],
+                   **{c: best[c] for c in STOP_COLUMNS}}
             p = paper.get((network, setting))
             if p:
                 row.update(paper_batch_size=int(p["batch_size"]), paper_alpha=float(p["alpha"]),
@@ -145,6 +147,14 @@ def _num(value, fmt: str = "g") -> str:
     return "–" if value is None or pd.isna(value) else format(value, fmt)
 
 
+def _stop(r: pd.Series) -> str:
+    """L(w) at the stop over L**: 'median, max (runs at or above L**/runs with L(w))'."""
+    if not r.get("n_stop_ratio"):
+        return "–"
+    ratio = lambda v: format(v, ".0f") if v >= 10 else format(v, ".2g")  # noqa: E731
+    return f"{ratio(r['stop_ratio_median'])}, {ratio(r['stop_ratio_max'])} ({int(r['n_stop_above'])}/{int(r['n_stop_ratio'])})"
+
+
 def _cells_2(r: pd.Series) -> list[str]:
     return [r["network"], _num(r["alpha"]), _num(r["b_opt"], "d"), _num(r.get("paper_b_opt"), ".0f"),
             _pm(r["test_acc_mean"], r["test_acc_std"], 2), _pm(r.get("paper_test_acc_mean"), r.get("paper_test_acc_std"), 2),
@@ -152,14 +162,15 @@ def _cells_2(r: pd.Series) -> list[str]:
             _pm(r["convergence_steps_mean"], r["convergence_steps_std"], 0),
             _pm(r.get("paper_convergence_steps_mean"), r.get("paper_convergence_steps_std"), 0),
             _num(r.get("convergence_steps_diff_in_paper_std"), "+.1f"),
-            _num(r["samples_processed_mean"], ".3g"), _num(r["wall_s_mean"], ".0f"),
+            _num(r["samples_processed_mean"], ".3g"), _num(r["wall_s_mean"], ".0f"), _stop(r),
             f"{int(r['n'])}/{int(r['n_runs'])}"]
 
 
+STOP_HEAD = "L(w)/L** at the stop: median, max (≥ 1)"
 HEAD_2 = ["net", "α", "B_opt", "paper B_opt", "test acc (%)", "paper", "Δ/σ_paper", "convergence steps", "paper",
-          "Δ/σ_paper", "samples", "wall (s)", "n conv/runs"]
+          "Δ/σ_paper", "samples", "wall (s)", STOP_HEAD, "n conv/runs"]
 HEAD_3 = ["net", "setting", "B", "α", "paper B, α", "best test acc (%)", "paper", "Δ/σ_paper", "steps",
-          "samples", "n conv/runs"]
+          "samples", STOP_HEAD, "n conv/runs"]
 HEAD_B = ["from", "net", "NE: α, B", "test acc (%)", "steps", "samples", "plain 2B: B", "test acc (%)", "steps",
           "samples", "plain B_eff: B", "test acc (%)", "steps", "samples"]
 HEAD_1 = ["net", "type", "dataset", "L*", "L**", "paper dataset", "paper L*", "paper L**", "runs"]
@@ -171,7 +182,7 @@ def _cells_3(r: pd.Series) -> list[str]:
     return [r["network"], r["setting"], _num(r["batch_size"], "d"), _num(r["alpha"]), paper_setting,
             _pm(r["test_acc_mean"], r["test_acc_std"], 2), _pm(r.get("paper_test_acc_mean"), r.get("paper_test_acc_std"), 2),
             _num(r.get("test_acc_diff_in_paper_std"), "+.1f"), _num(r["convergence_steps_mean"], ".0f"),
-            _num(r["samples_processed_mean"], ".3g"), f"{int(r['n'])}/{int(r['n_runs'])}"]
+            _num(r["samples_processed_mean"], ".3g"), _stop(r), f"{int(r['n'])}/{int(r['n_runs'])}"]
 
 
 def _cells_b(r: pd.Series) -> list[str]:
@@ -199,7 +210,7 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
 def latex(head: list[str], rows: list[list[str]], caption: str) -> str:
     esc = lambda s: (s.replace("±", r"$\pm$").replace("α", r"$\alpha$").replace("Δ/σ_paper", r"$\Delta/\sigma$")  # noqa
                      .replace("_", r"\_").replace("%", r"\%").replace("L**", r"$L^{**}$").replace("L*", r"$L^{*}$")
-                     .replace("–", "--"))
+                     .replace("–", "--").replace("≥", r"$\geq$"))
     body = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}", r"\begin{tabular}{" + "l" * len(head) + "}",
             r"\toprule", " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
     body += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]

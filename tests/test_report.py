@@ -308,3 +308,27 @@ def test_wall_time_is_averaged_on_one_device_only(tmp_path):
     recs[2]["wall_s"] = None  # the other device's run gives no time: the cell's timed runs share one device
     t2 = table_2(load_results(write(tmp_path / "untimed", recs)), "protocol=keras (default)").set_index("alpha")
     assert t2.loc[1.5, "wall_s_mean"] == pytest.approx(200.0)
+
+
+def test_tables_give_l_w_at_the_stop_in_units_of_l_star_star(tmp_path):
+    """A reading other than L(w) can meet L** far above it: Tables 2 and 3 give L(w)/L** at the stop (median,
+    max, runs at or above L**) over converged runs, from `train_loss_full`, or from the reading where it is L(w)."""
+    def stopped(rec, **losses):
+        return {**rec, **losses}
+
+    ne = [stopped(record("F1", 3, 5000, s), train_loss=-0.01, train_loss_full=full, stop_loss="ne_epoch_mean")
+          for s, full in enumerate((0.002, 0.05, 0.02))]
+    ne.append(stopped(record("F1", 3, 5000, 3, status="not_converged"), train_loss=0.5, train_loss_full=0.9))
+    plain = [stopped(record("F1", 1, 900, s, stop_loss="full"), train_loss=loss, stop_loss="full")
+             for s, loss in enumerate((0.0009, 0.0008))]
+    results = load_results(write(tmp_path / "r", ne + plain))
+    default, eq1 = "protocol=keras (default)", results.variants()
+    t2 = table_2(results, default).set_index("alpha").loc[3.0]  # L** of F1 is 0.001 (Table 1)
+    assert t2["stop_ratio_median"] == pytest.approx(20) and t2["stop_ratio_max"] == pytest.approx(50)
+    assert (t2["n_stop_above"], t2["n_stop_ratio"]) == (3, 3)
+    full_variant = [v for v in eq1 if v != default][0]
+    t3 = table_3(results, full_variant).set_index("setting").loc["without NE"]
+    assert t3["stop_ratio_median"] == pytest.approx(0.85) and t3["stop_ratio_max"] == pytest.approx(0.9)
+    assert (t3["n_stop_above"], t3["n_stop_ratio"]) == (0, 2)
+    text = write_tables(results, tmp_path / "out")
+    assert "| 20, 50 (3/3) |" in text and "| 0.85, 0.9 (0/2) |" in text
