@@ -73,8 +73,8 @@ def _summary(results: Results, results_dir: Path, out: Path) -> str:
     return (f"{len(runs)} runs ({counts}) of {networks}, {readings}. Built by `{command}` from the records "
             "alone. Each table sets nerepro's numbers beside the paper's; Δ/σ_paper is the difference in units "
             "of the paper's standard deviation. Statistics are over converged runs only: mean ± sample std, "
-            "with n converged of the runs made; L(w)/L** at the stop says how far above L** the loss of Eq. (1) "
-            "was when a run's reading met L**.")
+            "with n converged of the runs made. L(w)/L** at the stop: where the loss of Eq. (1) stood against L** "
+            "when a run's reading met L** (1 or more: the reading met L** before L(w) did).")
 
 
 def _provenance(results: Results) -> str:

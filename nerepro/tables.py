@@ -148,10 +148,11 @@ def _num(value, fmt: str = "g") -> str:
 
 
 def _stop(r: pd.Series) -> str:
-    """L(w) at the stop over L**: 'median, max (runs at or above L**/runs with L(w))'."""
-    if not r.get("n_stop_ratio"):
+    """L(w) at the stop over L**: 'median, max (runs at or above L** / runs that give L(w))'."""
+    n = r.get("n_stop_ratio")
+    if n is None or pd.isna(n) or n == 0:
         return "–"
-    ratio = lambda v: format(v, ".0f") if v >= 10 else format(v, ".2g")  # noqa: E731
+    ratio = lambda v: format(v, ".0f") if v >= 10 else format(v, ".3g")  # noqa: E731
     return f"{ratio(r['stop_ratio_median'])}, {ratio(r['stop_ratio_max'])} ({int(r['n_stop_above'])}/{int(r['n_stop_ratio'])})"
 
 
@@ -166,7 +167,7 @@ def _cells_2(r: pd.Series) -> list[str]:
             f"{int(r['n'])}/{int(r['n_runs'])}"]
 
 
-STOP_HEAD = "L(w)/L** at the stop: median, max (≥ 1)"
+STOP_HEAD = "L(w)/L** at the stop: median, max (runs ≥ 1 / runs)"
 HEAD_2 = ["net", "α", "B_opt", "paper B_opt", "test acc (%)", "paper", "Δ/σ_paper", "convergence steps", "paper",
           "Δ/σ_paper", "samples", "wall (s)", STOP_HEAD, "n conv/runs"]
 HEAD_3 = ["net", "setting", "B", "α", "paper B, α", "best test acc (%)", "paper", "Δ/σ_paper", "steps",

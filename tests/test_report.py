@@ -317,18 +317,20 @@ def test_tables_give_l_w_at_the_stop_in_units_of_l_star_star(tmp_path):
         return {**rec, **losses}
 
     ne = [stopped(record("F1", 3, 5000, s), train_loss=-0.01, train_loss_full=full, stop_loss="ne_epoch_mean")
-          for s, full in enumerate((0.002, 0.05, 0.02))]
-    ne.append(stopped(record("F1", 3, 5000, 3, status="not_converged"), train_loss=0.5, train_loss_full=0.9))
+          for s, full in enumerate((0.002, 0.05, 0.02, 0.001))]  # the last exactly at L**: counted as at or above
+    ne.append(stopped(record("F1", 3, 5000, 4, status="not_converged"), train_loss=0.5, train_loss_full=0.9))
+    ne.append(stopped(record("F1", 3, 5000, 5), train_loss=0.0005, stop_loss="ne_epoch_mean"))  # no L(w): left out
     plain = [stopped(record("F1", 1, 900, s, stop_loss="full"), train_loss=loss, stop_loss="full")
              for s, loss in enumerate((0.0009, 0.0008))]
+    plain.append(stopped(record("F1", 1, 900, 2, stop_loss="full"), train_loss=0.0005))  # no stop_loss: read as full
     results = load_results(write(tmp_path / "r", ne + plain))
-    default, eq1 = "protocol=keras (default)", results.variants()
+    default = "protocol=keras (default)"
     t2 = table_2(results, default).set_index("alpha").loc[3.0]  # L** of F1 is 0.001 (Table 1)
-    assert t2["stop_ratio_median"] == pytest.approx(20) and t2["stop_ratio_max"] == pytest.approx(50)
-    assert (t2["n_stop_above"], t2["n_stop_ratio"]) == (3, 3)
-    full_variant = [v for v in eq1 if v != default][0]
+    assert t2["stop_ratio_median"] == pytest.approx(11) and t2["stop_ratio_max"] == pytest.approx(50)
+    assert (t2["n_stop_above"], t2["n_stop_ratio"]) == (4, 4)
+    full_variant = [v for v in results.variants() if v != default][0]
     t3 = table_3(results, full_variant).set_index("setting").loc["without NE"]
-    assert t3["stop_ratio_median"] == pytest.approx(0.85) and t3["stop_ratio_max"] == pytest.approx(0.9)
-    assert (t3["n_stop_above"], t3["n_stop_ratio"]) == (0, 2)
+    assert t3["stop_ratio_median"] == pytest.approx(0.8) and t3["stop_ratio_max"] == pytest.approx(0.9)
+    assert (t3["n_stop_above"], t3["n_stop_ratio"]) == (0, 3)
     text = write_tables(results, tmp_path / "out")
-    assert "| 20, 50 (3/3) |" in text and "| 0.85, 0.9 (0/2) |" in text
+    assert "| 11, 50 (4/4) |" in text and "| 0.8, 0.9 (0/3) |" in text
