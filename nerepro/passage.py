@@ -169,8 +169,7 @@ def write_passage(results: Path | str, out: Path) -> str | None:
             pd.notna(first["traced_converged"]) else None
         lines += [f"## {run_id}: alpha = {first['alpha']:g}, B = {int(first['batch_size'])}, seed {first['seed']}, "
                   f"traced under {first['traced_reading']}", "",
-                  f"The traced run halved at step {_step(first['traced_halved'])} and converged at "
-                  f"{_step(first['traced_converged'])}" + (f" ({int(gap)} steps after halving)" if gap is not None else "")
+                  _traced_line(first["traced_halved"], first["traced_converged"])
                   + (f"; the paper's Table 2: {paper[0]:,.0f} ± {paper[1]:,.0f} steps." if paper else "."), ""]
         shown = group[group["window"].isna() | group["window"].isin(SHOWN_WINDOWS)]
         own = own_reading(first["stop_loss"], first["alpha"])
@@ -205,6 +204,16 @@ def _passage(row, len_trace: int) -> str:
     if value is None or pd.isna(value):
         return f"> {len_trace:,}" + ("*" if pd.notna(row["traced_halved"]) else "")
     return f"{int(value):,}" + ("" if row["exact"] else "*")
+
+
+def _traced_line(halved, converged) -> str:
+    """What the traced run did: where it halved and converged, or that it stopped without halving (its first
+    check below L* was below L** too, the schedule's rule)."""
+    if pd.isna(halved):
+        return (f"The traced run converged at {_step(converged)} without halving (its first check below L* was "
+                "below L** too)" if pd.notna(converged) else "The traced run neither halved nor converged")
+    gap = f" ({int(converged - halved)} steps after halving)" if pd.notna(converged) else ""
+    return f"The traced run halved at step {_step(halved)} and converged at {_step(converged)}{gap}"
 
 
 def _step(value) -> str:

@@ -114,3 +114,22 @@ def test_a_trace_read_back_gives_the_same_passages(tmp_path):
     from_file = passages(record, read_trace(trace_path(results.record_path(record["run_id"]))))
     in_memory = passages(record, as_arrays(record))
     assert from_file["first_below_l_star"].fillna(-1).tolist() == in_memory["first_below_l_star"].fillna(-1).tolist()
+
+
+def test_the_page_says_when_a_traced_run_stopped_without_halving(tmp_path):
+    """A run whose first check below L* is below L** too stops unhalved (schedule.next_action): the page says so."""
+    results = ResultsDir(tmp_path / "res")
+    results.prepare()
+    halved = {**traced("keras"), "batch_size": 2000}  # at Table 2's NE row, so the page sets the paper beside it
+    assert halved["lr_halved_step"] is not None and halved["status"] == "converged"
+    results.write(halved)
+    unhalved = {**halved, "run_id": halved["run_id"] + "x", "lr_halved_step": None}
+    results.write(unhalved)
+    text = write_passage(results.root, results.root / "report")
+    gap = halved["convergence_steps"] - halved["lr_halved_step"]
+    assert (f"halved at step {halved['lr_halved_step']:,} and converged at {halved['convergence_steps']:,} "
+            f"({gap} steps after halving)") in text
+    assert f"converged at {halved['convergence_steps']:,} without halving" in text
+    assert "step never" not in text
+    assert text.count("the paper's Table 2: 7,914 ± 528 steps.") == 2
+    assert text.count("Windows whose first passage plus this run's halving-to-L** gap") == 1  # the halved run's
