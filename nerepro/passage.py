@@ -169,7 +169,7 @@ def write_passage(results: Path | str, out: Path) -> str | None:
             pd.notna(first["traced_converged"]) else None
         lines += [f"## {run_id}: alpha = {first['alpha']:g}, B = {int(first['batch_size'])}, seed {first['seed']}, "
                   f"traced under {first['traced_reading']}", "",
-                  _traced_line(first["traced_halved"], first["traced_converged"])
+                  _traced_line(first["traced_halved"], first["traced_converged"], gap)
                   + (f"; the paper's Table 2: {paper[0]:,.0f} ± {paper[1]:,.0f} steps." if paper else "."), ""]
         shown = group[group["window"].isna() | group["window"].isin(SHOWN_WINDOWS)]
         own = own_reading(first["stop_loss"], first["alpha"])
@@ -206,18 +206,16 @@ def _passage(row, len_trace: int) -> str:
     return f"{int(value):,}" + ("" if row["exact"] else "*")
 
 
-def _traced_line(halved, converged) -> str:
-    """What the traced run did: where it halved and converged, or that it stopped without halving (its first
-    check below L* was below L** too, the schedule's rule)."""
+def _traced_line(halved, converged, gap) -> str:
+    """What the traced run did: where it halved and converged (`gap` steps apart), or that it stopped without
+    halving (its first check below L* was below L** too, the schedule's rule), or that it did not converge."""
+    if pd.isna(converged):
+        return "The traced run did not converge" + ("" if pd.isna(halved) else f" (it halved at step {int(halved):,})")
     if pd.isna(halved):
-        return (f"The traced run converged at {_step(converged)} without halving (its first check below L* was "
-                "below L** too)" if pd.notna(converged) else "The traced run neither halved nor converged")
-    gap = f" ({int(converged - halved)} steps after halving)" if pd.notna(converged) else ""
-    return f"The traced run halved at step {_step(halved)} and converged at {_step(converged)}{gap}"
-
-
-def _step(value) -> str:
-    return "never" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(value):,}"
+        return (f"The traced run converged at {int(converged):,} without halving (its first check below L* was "
+                "below L** too)")
+    return (f"The traced run halved at step {int(halved):,} and converged at {int(converged):,} "
+            f"({int(gap)} steps after halving)")
 
 
 styles_order = ("step NE loss", "running NE mean", "NE mean, 10 steps", "epoch NE mean")  # drawn, in this order

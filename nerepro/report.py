@@ -112,15 +112,13 @@ def stop_over_l_star_star(converged: pd.DataFrame) -> dict:
     """L(w) at the stopping step over L**, for converged runs: a reading other than L(w) (an epoch's mean NE
     loss, say) can meet L** while L(w) is far above it. L(w) is `train_loss_full`, or the reading itself
     (`train_loss`) where the run read L(w) (`stop_loss = full`, the default of records that do not name one)."""
-    if "l_star_star" not in converged:
-        return {"stop_ratio_median": np.nan, "stop_ratio_max": np.nan, "n_stop_above": 0, "n_stop_ratio": 0}
     column = lambda name: pd.to_numeric(converged.get(name, pd.Series(np.nan, index=converged.index)),  # noqa: E731
                                         errors="coerce")
     reading = converged.get("stop_loss", pd.Series(None, index=converged.index, dtype=object))
     read_full = reading.isna() | (reading == "full")
     full = column("train_loss_full")
     loss = full.where(full.notna() | ~read_full, column("train_loss"))
-    ratio = (loss / pd.to_numeric(converged["l_star_star"], errors="coerce")).dropna()
+    ratio = (loss / column("l_star_star")).dropna()  # no L** in the records: no ratio
     return {"stop_ratio_median": ratio.median() if len(ratio) else np.nan,
             "stop_ratio_max": ratio.max() if len(ratio) else np.nan,
             "n_stop_above": int((ratio >= 1).sum()), "n_stop_ratio": len(ratio)}

@@ -125,11 +125,14 @@ def test_the_page_says_when_a_traced_run_stopped_without_halving(tmp_path):
     results.write(halved)
     unhalved = {**halved, "run_id": halved["run_id"] + "x", "lr_halved_step": None}
     results.write(unhalved)
+    unfinished = {**halved, "run_id": halved["run_id"] + "y", "status": "not_converged", "convergence_steps": None}
+    results.write(unfinished)
     text = write_passage(results.root, results.root / "report")
     gap = halved["convergence_steps"] - halved["lr_halved_step"]
     assert (f"halved at step {halved['lr_halved_step']:,} and converged at {halved['convergence_steps']:,} "
             f"({gap} steps after halving)") in text
     assert f"converged at {halved['convergence_steps']:,} without halving" in text
-    assert "step never" not in text
-    assert text.count("the paper's Table 2: 7,914 ± 528 steps.") == 2
+    assert f"did not converge (it halved at step {halved['lr_halved_step']:,})" in text
+    assert "never" not in text
+    assert text.count("the paper's Table 2: 7,914 ± 528 steps.") == 3
     assert text.count("Windows whose first passage plus this run's halving-to-L** gap") == 1  # the halved run's
